@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The one test command (README quick start, .ci/run): set up, lint, type-check, run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test-tools
+.venv/bin/ruff check exporter tests benchmarks
+.venv/bin/ruff format --check exporter tests benchmarks
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
