@@ -125,9 +125,7 @@ class Malformed(msgspec.Struct, gc=False):
     detail: str = ""
 
 
-DataMessage = (
-    Trade | Quote | Bar | UpdatedBar | DailyBar | TradingStatus | Luld | Correction | CancelError | Imbalance
-)
+DataMessage = Trade | Quote | Bar | UpdatedBar | DailyBar | TradingStatus | Luld | Correction | CancelError | Imbalance
 Message = DataMessage | Unknown | Malformed
 
 # Wire tag -> the `type` label value of alpaca_messages_received_total.

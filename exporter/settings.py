@@ -1,0 +1,243 @@
+"""Every EXPORTER_* / APCA_* variable of the contract (CONTRACT section 3), validated once.
+
+``load_settings()`` returns a ``Settings`` or raises ``ConfigError`` whose ``problems`` are one clear
+line per bad variable, naming it; the CLI prints them and exits 2. Secrets are ``SecretStr`` and input
+values are never echoed in errors (``hide_input_in_errors``), so a typo in a secret cannot leak it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+FEEDS_V2 = ("iex", "sip", "delayed_sip", "test")
+FEEDS_V1BETA1 = ("boats", "overnight")
+Feed = Literal["iex", "sip", "delayed_sip", "boats", "overnight", "test"]
+CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
+ALPACA_STREAM_HOST = "wss://stream.data.alpaca.markets"
+# Letters, digits and the separators real tickers use (BRK.B, BRK-B, ^GSPC, EURUSD=X, BTC/USD).
+_SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-/=^]{0,20}$")
+
+
+def feed_url(feed: str, host: str = ALPACA_STREAM_HOST) -> str:
+    version = "v1beta1" if feed in FEEDS_V1BETA1 else "v2"
+    return f"{host}/{version}/{feed}"
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EXPORTER_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        hide_input_in_errors=True,
+        frozen=True,
+    )
+
+    apca_api_key_id: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("APCA_API_KEY_ID", "apca_api_key_id")
+    )
+    apca_api_secret_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("APCA_API_SECRET_KEY", "apca_api_secret_key")
+    )
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    alpaca_feed: Feed = "iex"
+    alpaca_url: str | None = None
+    alpaca_encoding: Literal["msgpack", "json"] = "msgpack"
+    alpaca_channels: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["trades"])
+    yahoo_url: str = "https://query1.finance.yahoo.com"
+    yahoo_enabled: bool = True
+    yahoo_interval_seconds: float = Field(default=5.0, gt=0)
+    yahoo_standby_interval_seconds: float = Field(default=60.0, gt=0)
+    stale_after_seconds: float = Field(default=30.0, ge=0)
+    market_hours: Literal["auto", "always", "never"] = "auto"
+    alpaca_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    alpaca_connection_limit_backoff_seconds: float = Field(default=90.0, ge=0)
+    failback_after_seconds: float = Field(default=30.0, ge=0)
+    max_message_age_seconds: float | None = Field(default=None, gt=0)
+    max_clock_skew_seconds: float = Field(default=5.0, ge=0)
+    circuit_breaker_percent: float = Field(default=20.0, gt=0, le=1000)
+    circuit_breaker_cooldown_seconds: float = Field(default=60.0, ge=0)
+    max_symbol_series: int = Field(default=500, ge=1, le=100_000)
+    host: str = "0.0.0.0"
+    port: int = Field(default=9877, ge=0, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    # Additions (README "More variables"): transport and handshake timing, protection, limits.
+    alpaca_ping_interval_seconds: float = Field(default=10.0, gt=0)
+    alpaca_ping_timeout_seconds: float = Field(default=5.0, gt=0)
+    alpaca_handshake_timeout_seconds: float = Field(default=5.0, gt=0)
+    alpaca_fatal_retry_seconds: float = Field(default=300.0, gt=0)
+    max_queue_frames: int = Field(default=10_000, ge=1)
+    web_config_file: Path | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", "alpaca_encoding", "market_hours", "alpaca_feed", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _parse_symbols(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("symbols")
+    @classmethod
+    def _normalise_symbols(cls, value: list[str]) -> list[str]:
+        seen: dict[str, None] = {}
+        bad: list[str] = []
+        for raw in value:
+            symbol = raw.strip().upper()
+            if not _SYMBOL_RE.match(symbol):
+                bad.append(raw[:24])
+            seen.setdefault(symbol, None)
+        if bad:
+            raise ValueError(f"not a valid symbol: {', '.join(repr(b) for b in bad)}")
+        return list(seen)
+
+    @field_validator("alpaca_channels", mode="before")
+    @classmethod
+    def _parse_channels(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("alpaca_channels")
+    @classmethod
+    def _check_channels(cls, value: list[str]) -> list[str]:
+        unknown = [c for c in value if c not in CHANNELS]
+        if unknown:
+            raise ValueError(f"unknown channel(s) {', '.join(unknown)}; allowed: {', '.join(CHANNELS)}")
+        if not value:
+            raise ValueError("at least one channel is needed")
+        return list(dict.fromkeys(value))
+
+    @field_validator("alpaca_url")
+    @classmethod
+    def _check_ws_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^wss?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("must be a ws:// or wss:// URL, e.g. ws://127.0.0.1:8765/v2/iex")
+        return value
+
+    @field_validator("yahoo_url")
+    @classmethod
+    def _check_http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.yahoo_standby_interval_seconds < self.yahoo_interval_seconds:
+            raise ValueError(
+                "EXPORTER_YAHOO_STANDBY_INTERVAL_SECONDS must not be shorter than EXPORTER_YAHOO_INTERVAL_SECONDS"
+            )
+        if self.alpaca_feed == "test" and self.symbols and any(s != "FAKEPACA" for s in self.symbols):
+            raise ValueError("the test feed streams only FAKEPACA: set EXPORTER_SYMBOLS=FAKEPACA")
+        return self
+
+    # Derived values: computed, never stored twice.
+    @property
+    def stream_url(self) -> str:
+        return self.alpaca_url or feed_url(self.alpaca_feed)
+
+    @property
+    def message_max_age_seconds(self) -> float:
+        if self.max_message_age_seconds is not None:
+            return self.max_message_age_seconds
+        return 960.0 if self.alpaca_feed == "delayed_sip" else 60.0
+
+    @property
+    def market_hours_mode(self) -> str:
+        """The calendar the staleness timer follows: ``regular``, ``overnight``, ``always`` or ``never``."""
+        if self.market_hours != "auto":
+            return self.market_hours
+        if self.alpaca_feed == "test":
+            return "always"
+        if self.alpaca_feed in FEEDS_V1BETA1:
+            return "overnight"
+        return "regular"
+
+    def run_problems(self) -> list[str]:
+        """What `run` needs beyond well-formed values."""
+        problems = []
+        if self.apca_api_key_id is None or not self.apca_api_key_id.get_secret_value():
+            problems.append("APCA_API_KEY_ID: required for run (your Alpaca API key id)")
+        if self.apca_api_secret_key is None or not self.apca_api_secret_key.get_secret_value():
+            problems.append("APCA_API_SECRET_KEY: required for run (your Alpaca API secret key)")
+        if not self.symbols:
+            problems.append("EXPORTER_SYMBOLS: required for run, e.g. AAPL,MSFT,SPY")
+        return problems
+
+    def secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in (self.apca_api_key_id, self.apca_api_secret_key) if s is not None]
+
+    def effective(self) -> dict[str, str]:
+        """Every setting by its variable name, secrets masked: what check-config prints."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            var = env_name(name)
+            if isinstance(value, SecretStr):
+                out[var] = "********" if value.get_secret_value() else "(empty)"
+            elif value is None:
+                out[var] = "(unset)"
+            elif isinstance(value, list):
+                out[var] = ",".join(value)
+            else:
+                out[var] = str(value)
+        out["EXPORTER_ALPACA_URL"] = f"{self.stream_url}" + ("" if self.alpaca_url else " (derived from the feed)")
+        if self.max_message_age_seconds is None:
+            out["EXPORTER_MAX_MESSAGE_AGE_SECONDS"] = f"{self.message_max_age_seconds:g} (default for the feed)"
+        return out
+
+
+def env_name(field: str) -> str:
+    if field.startswith("apca_"):
+        return field.upper()
+    return f"EXPORTER_{field.upper()}"
+
+
+class ConfigError(Exception):
+    """Invalid configuration; ``problems`` holds one line per problem, each naming its variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = error.get("loc") or ()
+    msg = str(error.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    if not loc:
+        # Model-level checks name their variables in the message.
+        return msg
+    field = str(loc[0])
+    return f"{env_name(field)}: {msg}"
+
+
+def load_settings(*, for_run: bool = False, env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    try:
+        settings = Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        raise ConfigError([_describe(e) for e in exc.errors()]) from None
+    if for_run:
+        problems = settings.run_problems()
+        if problems:
+            raise ConfigError(problems)
+    return settings
