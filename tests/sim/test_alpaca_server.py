@@ -1,0 +1,753 @@
+"""The Alpaca stream simulator, driven by a raw ``websockets`` client over 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgpack
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
+
+from exporter.sim.alpaca_codec import rfc3339
+from exporter.sim.alpaca_server import AlpacaSimulator, Feed, generate_feed
+from exporter.sim.market import Market
+
+KEY, SECRET = "PKTEST", "s3cr3t"
+SYMBOLS = ["AAPL", "MSFT", "AMD", "SPY"]
+RFC3339_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{0,8}[1-9])?Z$")
+DATA_TYPES = frozenset("tqbudslcxi")
+
+
+@pytest.fixture
+async def sim() -> AsyncIterator[AlpacaSimulator]:
+    async with AlpacaSimulator(
+        Market(SYMBOLS, seed=1), credentials=(KEY, SECRET), rate=0, auth_timeout=5.0, zombie_hold=0.4
+    ) as server:
+        yield server
+
+
+def decode(frame: str | bytes) -> list[dict[str, Any]]:
+    if isinstance(frame, str):
+        out: list[dict[str, Any]] = json.loads(frame)
+    else:
+        out = msgpack.unpackb(frame)
+    assert isinstance(out, list)
+    return out
+
+
+async def recv(ws: ClientConnection, limit: float = 2.0) -> list[dict[str, Any]]:
+    async with asyncio.timeout(limit):
+        return decode(await ws.recv())
+
+
+async def open_ws(
+    sim: AlpacaSimulator, path: str = "/v2/iex", *, mp: bool = False, headers: dict[str, str] | None = None, **kw: Any
+) -> ClientConnection:
+    extra = dict(headers or {})
+    if mp:
+        extra["Content-Type"] = "application/msgpack"
+    ws = await connect(sim.url(path), additional_headers=extra, open_timeout=2, close_timeout=1, **kw)
+    assert await recv(ws) == [{"T": "success", "msg": "connected"}]
+    return ws
+
+
+def pack(msg: dict[str, Any], mp: bool) -> str | bytes:
+    return msgpack.packb(msg) if mp else json.dumps(msg)
+
+
+async def auth(ws: ClientConnection, key: str = KEY, secret: str = SECRET, *, mp: bool = False) -> list[dict[str, Any]]:
+    await ws.send(pack({"action": "auth", "key": key, "secret": secret}, mp))
+    return await recv(ws)
+
+
+async def session(sim: AlpacaSimulator, path: str = "/v2/iex", *, mp: bool = False, key: str = KEY) -> ClientConnection:
+    ws = await open_ws(sim, path, mp=mp)
+    assert await auth(ws, key, mp=mp) == [{"T": "success", "msg": "authenticated"}]
+    return ws
+
+
+async def subscribe(
+    ws: ClientConnection, mp: bool = False, action: str = "subscribe", **channels: list[str]
+) -> dict[str, Any]:
+    await ws.send(pack({"action": action, **channels}, mp))
+    while True:  # data frames may precede the ack
+        frame = await recv(ws)
+        if frame[0]["T"] == "subscription":
+            assert len(frame) == 1
+            return frame[0]
+
+
+def error(code: int, msg: str) -> list[dict[str, Any]]:
+    return [{"T": "error", "code": code, "msg": msg}]
+
+
+async def drain_forever(ws: ClientConnection) -> None:
+    async with asyncio.timeout(3):
+        while True:
+            await ws.recv()
+
+
+async def drain_until_quiet(ws: ClientConnection, quiet: float) -> int:
+    """Read frames until none arrives for ``quiet`` seconds; how many were read."""
+    n = 0
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                await recv(ws, quiet)
+            except TimeoutError:
+                return n
+            n += 1
+
+
+async def closed_code(ws: ClientConnection) -> int | None:
+    """Drain until the connection ends; the close code the client received (None: no close frame)."""
+    with pytest.raises(ConnectionClosed):
+        await drain_forever(ws)
+    rcvd = ws.protocol.close_rcvd
+    return rcvd.code if rcvd is not None else None
+
+
+# ---------------------------------------------------------------- handshake and auth
+
+
+async def test_connected_then_authenticated_json(sim: AlpacaSimulator) -> None:
+    ws = await open_ws(sim)
+    reply = await auth(ws)
+    assert reply == [{"T": "success", "msg": "authenticated"}]
+    await ws.close()
+    await asyncio.sleep(0.05)
+    assert sim.stats.connections == 1
+    assert sim.stats.authenticated == 1
+    assert sim.stats.last_client_close_code == 1000
+    assert sim.stats.sent_by_type["success"] == 2
+
+
+async def test_connected_frame_is_exact_json_text(sim: AlpacaSimulator) -> None:
+    async with connect(sim.url()) as ws:
+        assert await ws.recv() == '[{"T":"success","msg":"connected"}]'
+
+
+async def test_auth_failed_402_stays_open_by_default(sim: AlpacaSimulator) -> None:
+    ws = await open_ws(sim)
+    assert await auth(ws, secret="wrong") == error(402, "auth failed")
+    # still open and unauthenticated: a correct auth now succeeds
+    assert await auth(ws) == [{"T": "success", "msg": "authenticated"}]
+    assert sim.stats.auth_failures == 1
+    await ws.close()
+
+
+async def test_auth_failed_closes_with_knob() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), credentials=(KEY, SECRET), rate=0, close_on_auth_failure=True) as sim:
+        ws = await open_ws(sim)
+        assert await auth(ws, key="nope") == error(402, "auth failed")
+        assert await closed_code(ws) == 1008
+
+
+async def test_any_credentials_accepted_without_configured_ones() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=0) as sim:
+        ws = await session(sim, key="whatever")
+        await ws.close()
+
+
+async def test_auth_timeout_404_then_close() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=0, auth_timeout=0.2) as sim:
+        ws = await open_ws(sim)
+        assert await recv(ws) == error(404, "auth timeout")
+        assert await closed_code(ws) == 1008
+
+
+async def test_subscribe_before_auth_401(sim: AlpacaSimulator) -> None:
+    ws = await open_ws(sim)
+    await ws.send(json.dumps({"action": "subscribe", "trades": ["AAPL"]}))
+    assert await recv(ws) == error(401, "not authenticated")
+    assert await auth(ws) == [{"T": "success", "msg": "authenticated"}]
+    await ws.close()
+
+
+@pytest.mark.parametrize("mp", [False, True])
+async def test_header_auth_then_auth_message_is_403(sim: AlpacaSimulator, mp: bool) -> None:
+    ws = await open_ws(sim, mp=mp, headers={"APCA-API-KEY-ID": KEY, "APCA-API-SECRET-KEY": SECRET})
+    assert await recv(ws) == [{"T": "success", "msg": "authenticated"}]
+    assert await auth(ws, mp=mp) == error(403, "already authenticated")
+    ack = await subscribe(ws, mp, trades=["AAPL"])
+    assert ack["trades"] == ["AAPL"]
+    await ws.close()
+
+
+async def test_header_auth_with_wrong_secret_is_402(sim: AlpacaSimulator) -> None:
+    ws = await open_ws(sim, headers={"APCA-API-KEY-ID": KEY, "APCA-API-SECRET-KEY": "bad"})
+    assert await recv(ws) == error(402, "auth failed")
+    await ws.close()
+
+
+async def test_feed_entitlement_409_closes() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=0, entitled_feeds=frozenset({"iex"})) as sim:
+        ws = await open_ws(sim, "/v2/sip")
+        assert await auth(ws) == error(409, "insufficient subscription")
+        assert await closed_code(ws) == 1008
+        ok = await session(sim, "/v2/iex")
+        await ok.close()
+
+
+async def test_unknown_action_and_bad_json_are_400(sim: AlpacaSimulator) -> None:
+    ws = await session(sim)
+    for bad in ("{not json", json.dumps({"action": "listen"}), json.dumps([1, 2]), json.dumps({"trades": ["A"]})):
+        await ws.send(bad)
+        assert await recv(ws) == error(400, "invalid syntax")
+    await ws.send(json.dumps({"action": "subscribe", "trades": "AAPL"}))
+    assert await recv(ws) == error(400, "invalid syntax")
+    await ws.send(json.dumps({"action": "subscribe", "trades": ["bad symbol"]}))
+    assert await recv(ws) == error(400, "invalid syntax")
+    await ws.send(json.dumps({"action": "subscribe", "orderbooks": ["AAPL"]}))
+    assert await recv(ws) == error(410, "invalid subscribe action for this feed")
+    assert sim.stats.errors_sent == Counter({400: 6, 410: 1})
+    await ws.close()
+
+
+# ---------------------------------------------------------------- HTTP-level refusals
+
+
+async def test_unknown_path_is_http_404(sim: AlpacaSimulator) -> None:
+    with pytest.raises(InvalidStatus) as info:
+        await connect(sim.url("/v1beta2/crypto"), open_timeout=2)
+    assert info.value.response.status_code == 404
+    assert sim.stats.rejected[404] == 1
+
+
+@pytest.mark.parametrize(
+    "path", ["/v2/iex", "/v2/sip", "/v2/delayed_sip", "/v2/test", "/v1beta1/boats", "/v1beta1/overnight"]
+)
+async def test_every_stocks_path_is_served(sim: AlpacaSimulator, path: str) -> None:
+    ws = await open_ws(sim, path)
+    await ws.close()
+
+
+async def test_refuse_connections_then_accept(sim: AlpacaSimulator) -> None:
+    sim.refuse_connections(503, count=1)
+    with pytest.raises(InvalidStatus) as info:
+        await connect(sim.url(), open_timeout=2)
+    assert info.value.response.status_code == 503
+    ws = await open_ws(sim)  # the refusal was for one attempt only
+    await ws.close()
+    sim.refuse_connections(429)
+    for _ in range(2):
+        with pytest.raises(InvalidStatus):
+            await connect(sim.url(), open_timeout=2)
+    sim.refuse_connections(None)
+    ws = await open_ws(sim)
+    await ws.close()
+    assert sim.stats.rejected == Counter({503: 1, 429: 2})
+
+
+async def test_too_many_connects_per_minute_is_429() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=0, max_connects_per_minute=2) as sim:
+        for _ in range(2):
+            ws = await open_ws(sim)
+            await ws.close()
+        with pytest.raises(InvalidStatus) as info:
+            await connect(sim.url(), open_timeout=2)
+        assert info.value.response.status_code == 429
+
+
+async def test_close_new_connections(sim: AlpacaSimulator) -> None:
+    sim.close_new_connections(True)
+    async with connect(sim.url(), open_timeout=2) as ws:
+        assert await closed_code(ws) == 1011
+    sim.close_new_connections(False)
+    ws2 = await open_ws(sim)
+    await ws2.close()
+
+
+# ---------------------------------------------------------------- connection limit
+
+
+async def test_second_session_same_key_is_406_and_freed_by_close(sim: AlpacaSimulator) -> None:
+    first = await session(sim)
+    second = await open_ws(sim)
+    assert await auth(second) == error(406, "connection limit exceeded")
+    # another endpoint is another slot
+    other = await session(sim, "/v2/sip")
+    await first.close()  # a proper close frees the slot at once
+    await asyncio.sleep(0.05)
+    assert await auth(second) == [{"T": "success", "msg": "authenticated"}]
+    await second.close()
+    await other.close()
+
+
+async def test_another_key_is_not_limited() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=0) as sim:
+        a = await session(sim, key="A")
+        b = await session(sim, key="B")
+        await a.close()
+        await b.close()
+
+
+async def test_zombie_hold_after_server_side_drop(sim: AlpacaSimulator) -> None:
+    ws = await session(sim)
+    await sim.drop_connections()
+    assert await closed_code(ws) is None  # no close frame: the client sees 1006
+    again = await open_ws(sim)
+    assert await auth(again) == error(406, "connection limit exceeded")
+    await asyncio.sleep(0.45)  # zombie_hold=0.4 in the fixture
+    assert await auth(again) == [{"T": "success", "msg": "authenticated"}]
+    await again.close()
+
+
+async def test_zombie_hold_after_client_drops_tcp(sim: AlpacaSimulator) -> None:
+    ws = await session(sim)
+    ws.transport.abort()
+    await asyncio.sleep(0.05)
+    assert sim.stats.last_client_close_code is None
+    again = await open_ws(sim)
+    assert await auth(again) == error(406, "connection limit exceeded")
+    sim.clear_zombies()
+    assert await auth(again) == [{"T": "success", "msg": "authenticated"}]
+    await again.close()
+
+
+async def test_drop_without_hold_frees_slot(sim: AlpacaSimulator) -> None:
+    ws = await session(sim)
+    await sim.drop_connections(hold_slot=False)
+    assert await closed_code(ws) is None
+    again = await session(sim)
+    await again.close()
+
+
+async def test_406_close_knob() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=0, close_on_connection_limit=True) as sim:
+        first = await session(sim)
+        second = await open_ws(sim)
+        assert await auth(second) == error(406, "connection limit exceeded")
+        assert await closed_code(second) == 1008
+        await first.close()
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+async def test_additive_and_subtractive_acks_show_full_state(sim: AlpacaSimulator) -> None:
+    ws = await session(sim)
+    ack = await subscribe(ws, trades=["AAPL"], quotes=["MSFT", "AMD"], dailyBars=["SPY"])
+    assert ack == {
+        "T": "subscription",
+        "trades": ["AAPL"],
+        "quotes": ["MSFT", "AMD"],
+        "bars": [],
+        "updatedBars": [],
+        "dailyBars": ["SPY"],
+        "statuses": [],
+        "lulds": [],
+        "corrections": ["AAPL"],
+        "cancelErrors": ["AAPL"],
+    }
+    assert next(iter(ack)) == "T"
+    ack = await subscribe(ws, action="unsubscribe", quotes=["AMD"])
+    assert ack["quotes"] == ["MSFT"]
+    assert ack["trades"] == ["AAPL"]
+    assert ack["dailyBars"] == ["SPY"]
+    ack = await subscribe(ws, trades=["MSFT"], bars=["*"])
+    assert ack["trades"] == ["AAPL", "MSFT"]
+    assert ack["corrections"] == ack["cancelErrors"] == ["AAPL", "MSFT"]
+    assert ack["bars"] == ["*"]
+    assert sim.stats.subscriptions["trades"] == ["AAPL", "MSFT"]
+    ack = await subscribe(ws, action="unsubscribe", trades=["AAPL", "MSFT"], bars=["*"])
+    assert ack["trades"] == []
+    assert ack["bars"] == []
+    assert ack["corrections"] == []
+    await ws.close()
+
+
+async def test_symbol_limit_405_leaves_state_unchanged() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=0, symbol_limit=2) as sim:
+        ws = await session(sim)
+        assert (await subscribe(ws, trades=["AAPL"], quotes=["AAPL", "MSFT"]))["quotes"] == ["AAPL", "MSFT"]
+        await ws.send(json.dumps({"action": "subscribe", "trades": ["AMD"]}))
+        assert await recv(ws) == error(405, "symbol limit exceeded")
+        await ws.send(json.dumps({"action": "subscribe", "bars": ["*"]}))
+        assert await recv(ws) == error(405, "symbol limit exceeded")
+        ack = await subscribe(ws, action="unsubscribe", quotes=["MSFT"])  # state as before the refusals
+        assert ack["trades"] == ["AAPL"]
+        assert ack["quotes"] == ["AAPL"]
+        assert ack["bars"] == []
+        await ws.close()
+
+
+async def test_test_stream_ack_keys_and_fakepaca() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=500, batch_size=5) as sim:
+        ws = await session(sim, "/v2/test")
+        ack = await subscribe(ws, trades=["FAKEPACA"], quotes=["FAKEPACA"])
+        assert list(ack) == ["T", "trades", "quotes", "bars"]
+        for _ in range(5):
+            for item in await recv(ws):
+                assert item["S"] == "FAKEPACA"
+                assert item["T"] in ("t", "q")
+        await ws.send(json.dumps({"action": "subscribe", "statuses": ["FAKEPACA"]}))
+        frame = await recv(ws)
+        while frame[0]["T"] != "error":
+            frame = await recv(ws)
+        assert frame == error(410, "invalid subscribe action for this feed")
+        await ws.close()
+
+
+async def test_fragmented_subscribe_is_reassembled(sim: AlpacaSimulator) -> None:
+    ws = await session(sim, mp=True)
+    symbols = [f"S{i:05d}" for i in range(5000)]
+    body = msgpack.packb({"action": "subscribe", "trades": symbols})
+    await ws.send([body[i : i + 4096] for i in range(0, len(body), 4096)])  # fragments, like alpaca-py
+    ack = await subscribe(ws, True, trades=[])  # the next ack shows the reassembled state
+    assert ack["trades"] == symbols
+    await ws.close()
+
+
+# ---------------------------------------------------------------- encodings and data
+
+
+async def test_msgpack_frames_are_binary_with_t_first_and_ext_timestamps() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=1000, batch_size=8, rare_probability=0.2) as sim:
+        ws = await session(sim, mp=True)
+        await subscribe(ws, True, trades=["AAPL"], quotes=["AAPL"], statuses=["*"], lulds=["*"])
+        seen: Counter[str] = Counter()
+        for _ in range(20):
+            raw = await ws.recv()
+            assert isinstance(raw, bytes)
+            pairs = msgpack.unpackb(raw, object_pairs_hook=list)
+            for item in pairs:
+                assert item[0][0] == "T"
+                fields = dict(item)
+                seen[fields["T"]] += 1
+                assert isinstance(fields["t"], msgpack.Timestamp)
+            assert b"\xd7\xff" in raw or b"\xc7\x0c\xff" in raw  # ext -1, 64- or 96-bit form
+        assert seen["t"]
+        assert seen["q"]
+        await ws.close()
+
+
+async def test_json_frames_are_text_with_trimmed_rfc3339() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=1000, batch_size=8) as sim:
+        ws = await session(sim)
+        await subscribe(ws, trades=["AAPL"], quotes=["MSFT"])
+        for _ in range(20):
+            raw = await ws.recv()
+            assert isinstance(raw, str)
+            for item in json.loads(raw, object_pairs_hook=list):
+                assert item[0][0] == "T"
+                assert RFC3339_RE.match(dict(item)["t"])
+        await ws.close()
+
+
+def test_rfc3339_trims_trailing_zeros() -> None:
+    base = 1_741_100_462 * 1_000_000_000  # 2025-03-04T15:01:02Z
+    assert rfc3339(base) == "2025-03-04T15:01:02Z"
+    assert rfc3339(base + 200_000_000) == "2025-03-04T15:01:02.2Z"
+    assert rfc3339(base + 123_456_789) == "2025-03-04T15:01:02.123456789Z"
+    assert rfc3339(base + 835_409_580) == "2025-03-04T15:01:02.83540958Z"
+
+
+@pytest.mark.parametrize("mp", [False, True])
+async def test_data_only_for_subscribed_and_counts_exact(mp: bool) -> None:
+    async with AlpacaSimulator(Market(SYMBOLS, seed=3), rate=3000, batch_size=6, rare_probability=0.05) as sim:
+        ws = await session(sim, mp=mp)
+        await subscribe(ws, mp, trades=["AAPL"], quotes=["MSFT"])
+        got: Counter[str] = Counter()
+        frames = 0
+        sizes: set[int] = set()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.4
+        while loop.time() < end:
+            frame = await recv(ws)
+            frames += 1
+            sizes.add(len(frame))
+            for item in frame:
+                got[item["T"]] += 1
+                allowed = {"t": "AAPL", "q": "MSFT", "c": "AAPL", "x": "AAPL"}
+                assert allowed.get(item["T"]) == item["S"], item
+        # Mute, then a control round trip: every data frame sent before the ack has been read.
+        sim.set_mute(True)
+        await ws.send(pack({"action": "subscribe"}, mp))
+        while (frame := await recv(ws))[0]["T"] != "subscription":
+            frames += 1
+            for item in frame:
+                got[item["T"]] += 1
+        sent = Counter({k: v for k, v in sim.stats.sent_by_type.items() if k in DATA_TYPES})
+        assert got == sent
+        assert sim.stats.messages_sent == sum(got.values())
+        assert sim.stats.frames_sent == frames + 4  # connected, authenticated, 2 acks
+        assert got["t"] > 20
+        assert got["q"] > 20
+        assert max(sizes) > 1  # batched
+        await ws.close()
+
+
+async def test_rate_is_respected_and_throttle() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=400, batch_size=4) as sim:
+        ws = await open_ws(sim, max_queue=None)  # unread frames must not stall the closing handshake
+        await auth(ws)
+        await subscribe(ws, trades=["*"])
+        await asyncio.sleep(0.5)
+        n1 = sim.stats.messages_sent
+        assert 120 <= n1 <= 260  # ~200 expected
+        sim.set_rate(0)
+        await asyncio.sleep(0.05)
+        n2 = sim.stats.messages_sent
+        await asyncio.sleep(0.3)
+        assert sim.stats.messages_sent == n2
+        sim.set_rate(400)
+        await asyncio.sleep(0.3)
+        assert sim.stats.messages_sent > n2
+        await ws.close()
+
+
+async def test_bars_follow_the_sessions_trades() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=2000, batch_size=5, rare_probability=0) as sim:
+        ws = await session(sim)
+        await subscribe(ws, trades=["AAPL"], bars=["AAPL"], dailyBars=["AAPL"])
+        prices: list[float] = []
+        while len(prices) < 50:
+            prices += [item["p"] for item in await recv(ws) if item["T"] == "t"]
+        sim.set_rate(0)
+        await asyncio.sleep(0.05)
+        await sim.flush_bars()
+        bar = daily = None
+        async with asyncio.timeout(2):
+            while bar is None or daily is None:
+                for item in await recv(ws):
+                    if item["T"] == "t":
+                        prices.append(item["p"])
+                    elif item["T"] == "b":
+                        bar = item
+                    elif item["T"] == "d":
+                        daily = item
+        assert list(bar) == ["T", "S", "o", "h", "l", "c", "v", "t", "n", "vw"]
+        assert bar["S"] == "AAPL"
+        assert bar["n"] == len(prices)
+        assert bar["o"] == prices[0]
+        assert bar["c"] == prices[-1]
+        assert bar["h"] == max(prices)
+        assert bar["l"] == min(prices)
+        assert RFC3339_RE.match(bar["t"])
+        assert bar["t"].endswith(":00Z")
+        assert daily["S"] == "AAPL"
+        assert daily["n"] >= bar["n"]
+        await ws.close()
+
+
+# ---------------------------------------------------------------- faults
+
+
+async def test_mute_still_answers_pings(sim: AlpacaSimulator) -> None:
+    sim.set_rate(2000)
+    ws = await session(sim)
+    await subscribe(ws, trades=["AAPL"])
+    await recv(ws)
+    sim.set_mute(True)
+    await asyncio.sleep(0.05)
+    await drain_until_quiet(ws, 0.3)  # what was in flight, then silence
+    async with asyncio.timeout(1):
+        await (await ws.ping())
+    assert sim.stats.pongs_sent >= 1
+    sim.set_mute(False)
+    assert (await recv(ws))[0]["T"] == "t"
+    await ws.close()
+
+
+async def test_no_pong_makes_client_keepalive_time_out(sim: AlpacaSimulator) -> None:
+    ws = await open_ws(sim, ping_interval=0.1, ping_timeout=0.2)
+    await auth(ws)
+    await asyncio.sleep(0.3)
+    assert sim.stats.pongs_sent >= 1  # answered while enabled
+    sim.set_pong(False)
+    received = sim.stats.pings_received
+    with pytest.raises(ConnectionClosedError) as info:
+        async with asyncio.timeout(3):
+            await ws.recv()
+    assert info.value.sent is not None
+    assert info.value.sent.code == 1011
+    await asyncio.sleep(0.05)
+    assert sim.stats.last_client_close_code == 1011
+    assert sim.stats.pings_received > received
+    sim.set_pong(True)
+    ws2 = await open_ws(sim)
+    async with asyncio.timeout(1):
+        await (await ws2.ping())
+    await ws2.close()
+
+
+async def test_malformed_frames(sim: AlpacaSimulator) -> None:
+    js = await session(sim)
+    mp = await session(sim, "/v2/sip", mp=True)
+    await sim.send_malformed()
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(await js.recv())
+    with pytest.raises((msgpack.ExtraData, msgpack.FormatError, ValueError)):
+        msgpack.unpackb(await mp.recv())
+    await sim.send_malformed("wrong_frame_type")
+    assert isinstance(await js.recv(), bytes)
+    assert isinstance(await mp.recv(), str)
+    await sim.send_malformed("not_array")
+    assert isinstance(json.loads(await js.recv()), dict)
+    raw = await mp.recv()
+    assert isinstance(raw, bytes)
+    assert isinstance(msgpack.unpackb(raw), dict)
+    assert sim.stats.malformed_sent == 6
+    await js.close()
+    await mp.close()
+
+
+@pytest.mark.parametrize(("code", "send_frame"), [(407, True), (407, False), (500, True)])
+async def test_error_then_close(sim: AlpacaSimulator, code: int, send_frame: bool) -> None:
+    ws = await session(sim)
+    await sim.send_error(code, close=True, send_frame=send_frame)
+    if send_frame:
+        assert (await recv(ws))[0]["code"] == code
+    assert await closed_code(ws) == (1011 if code == 500 else 1008)
+    assert sim.stats.errors_sent[code] == (1 if send_frame else 0)
+
+
+async def test_error_without_close_and_abort(sim: AlpacaSimulator) -> None:
+    ws = await session(sim)
+    await sim.send_error(500, close=False)
+    assert await recv(ws) == error(500, "internal error")
+    await sim.send_error(407, close=True, abort=True)
+    assert (await recv(ws))[0]["code"] == 407
+    assert await closed_code(ws) is None
+
+
+@pytest.mark.parametrize("mp", [False, True])
+async def test_invalid_prices(sim: AlpacaSimulator, mp: bool) -> None:
+    ws = await session(sim, mp=mp)
+    await subscribe(ws, mp, trades=["AAPL"])
+    assert await sim.inject_trade("AAPL", 0.0) == 1
+    assert (await recv(ws))[0]["p"] == 0.0
+    await sim.inject_trade("AAPL", -5.0)
+    assert (await recv(ws))[0]["p"] == -5.0
+    assert await sim.inject_trade("MSFT", 1.0) == 0  # not subscribed: not sent
+    await sim.inject_trade("AAPL", math.nan)
+    raw = await ws.recv()
+    if mp:
+        assert math.isnan(msgpack.unpackb(raw)[0]["p"])
+    else:
+        assert isinstance(raw, str)
+        assert '"p":NaN' in raw
+    await ws.close()
+
+
+async def test_spike_multiplies_next_trade(sim: AlpacaSimulator) -> None:
+    ws = await session(sim)
+    await subscribe(ws, trades=["AAPL"])
+    sim.set_batch_size(1)
+    sim.set_rate(200)
+    normal = (await recv(ws))[0]["p"]
+    sim.spike("AAPL", 1.5)
+    for _ in range(5):
+        price = (await recv(ws))[0]["p"]
+        if price > normal * 1.3:
+            break
+    assert price == pytest.approx(normal * 1.5, rel=0.02)
+    assert (await recv(ws))[0]["p"] == pytest.approx(normal, rel=0.02)  # one print only
+    await ws.close()
+
+
+async def test_unknown_type_unknown_keys_and_missing_field(sim: AlpacaSimulator) -> None:
+    ws = await session(sim, mp=True)
+    await sim.send_unknown("AAPL")
+    frame = await recv(ws)
+    assert [item["T"] for item in frame] == ["zz", "t"]
+    assert frame[1]["new_key"] == {"nested": [1, 2]}
+    assert isinstance(frame[1]["r"], msgpack.Timestamp)
+    await sim.send_missing_field("AAPL")
+    (item,) = await recv(ws)
+    assert item["T"] == "t"
+    assert "p" not in item
+    assert "t" not in item
+    await sim.inject([{"S": "AAPL", "T": "q", "bp": 1, "ap": 2, "t": 5}])
+    raw = msgpack.unpackb(await ws.recv(), object_pairs_hook=list)
+    assert raw[0][0] == ("T", "q")  # moved first
+    await ws.close()
+
+
+async def test_client_close_code_recorded(sim: AlpacaSimulator) -> None:
+    ws = await session(sim)
+    await ws.close(code=1000)
+    await asyncio.sleep(0.05)
+    assert sim.stats.last_client_close_code == 1000
+    ws = await session(sim)
+    await ws.close(code=4000, reason="bye")
+    await asyncio.sleep(0.05)
+    assert sim.stats.client_close_codes == [1000, 4000]
+    assert sim.stats.active == 0
+
+
+async def test_server_pings_knob() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=0, ping_interval=0.05, ping_timeout=0.5) as sim:
+        ws = await session(sim)
+        await asyncio.sleep(0.3)
+        # The client answers automatically; the server keeps the connection.
+        ws.pong_waiter = None
+        await ws.close()
+        await asyncio.sleep(0.05)
+        assert sim.stats.last_client_close_code == 1000
+
+
+async def test_slow_client_gets_407() -> None:
+    async with AlpacaSimulator(
+        Market(SYMBOLS), rate=1e6, batch_size=200, slow_client_limit=64 * 1024, rare_probability=0
+    ) as sim:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", sim.port))
+        ws = await connect(sim.url(), sock=sock, open_timeout=2, max_queue=1)
+        await recv(ws)
+        await auth(ws)
+        await ws.send(json.dumps({"action": "subscribe", "trades": ["*"], "quotes": ["*"]}))
+        async with asyncio.timeout(5):  # the client reads nothing meanwhile
+            await sim.wait_until(lambda: sim.stats.errors_sent[407] == 1)
+        assert await closed_code(ws) is None  # the server gave up without a close handshake
+
+
+# ---------------------------------------------------------------- feed mode
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_send_feed_delivers_exactly_the_frames(sim: AlpacaSimulator, encoding: str) -> None:
+    mp = encoding == "msgpack"
+    feed = generate_feed(SYMBOLS, 5000, batch=100, encoding="msgpack" if mp else "json", seed=7)
+    assert isinstance(feed, Feed)
+    assert len(feed) == 50
+    assert feed.messages == 5000
+    ws = await session(sim, mp=mp)
+    await subscribe(ws, mp, trades=["*"], quotes=["*"])
+
+    async def read_all() -> list[str | bytes]:
+        return [await ws.recv() for _ in feed]
+
+    result, received = await asyncio.gather(sim.send_feed(feed), read_all())
+    assert list(received) == list(feed)
+    assert result.sessions == 1
+    assert result.frames == 50
+    assert result.bytes == sum(len(f) for f in feed)
+    items = [item for frame in received for item in decode(frame)]
+    assert Counter(item["T"] for item in items) == feed.counts
+    assert {item["S"] for item in items} == set(SYMBOLS)
+    assert sim.stats.feed_frames_sent == 50
+    assert sim.stats.messages_sent == 5000
+    await ws.close()
+
+
+async def test_constructor_feed_streams_after_subscription() -> None:
+    feed = generate_feed(["AAPL"], 300, batch=7, encoding="json", seed=1)
+    async with AlpacaSimulator(Market(SYMBOLS), feed=feed) as sim:
+        ws = await session(sim)
+        await subscribe(ws, trades=["AAPL"])
+        got = [await ws.recv() for _ in feed]
+        assert got == list(feed)
+        async with asyncio.timeout(1):
+            await sim.feed_done.wait()
+        await ws.close()
