@@ -240,6 +240,8 @@ class Core:
         self._stale = False
         self._healthy_since: float | None = None
         self.primary_reason = "not connected yet"
+        self._conn_reason = "not connected yet"
+        self._last_error: tuple[str, float] = ("", -math.inf)
 
         # Fallback health inputs.
         self.fallback_last_ok: float | None = None
@@ -292,12 +294,11 @@ class Core:
                 self._subscribed_ok = False
                 if event.state == "Disconnected":
                     self.authenticated = False
-                self.primary_reason = event.reason or f"connection {event.state.lower()}"
+                    self.subscribed = frozenset()  # nothing is confirmed by a server we are not connected to
+                self._conn_reason = event.reason or f"connection {event.state.lower()}"
         elif cls is PrimaryAuthenticated:
             assert isinstance(event, PrimaryAuthenticated)
             self.authenticated = event.ok
-            if not event.ok:
-                self.primary_reason = "not authenticated"
         elif cls is PrimarySubscribed:
             assert isinstance(event, PrimarySubscribed)
             self.subscribed = event.symbols
@@ -310,6 +311,7 @@ class Core:
                 self.errors[event.type] += 1
             else:
                 self.errors["server_error"] += 1
+            self._last_error = (f"{event.type}: {event.detail}" if event.detail else event.type, now)
         elif cls is PrimaryControl:
             assert isinstance(event, PrimaryControl)
             self.control_received += event.count
@@ -352,6 +354,17 @@ class Core:
             return False
         return market_open(cfg.market_hours, self.clock.wall_ns() / 1e9, delay_seconds=cfg.market_delay_s)
 
+    def _why_unhealthy(self, now: float, stale: bool) -> str:
+        # An error reported just now explains the outage better than its symptoms (auth lost, disconnected).
+        reason, at = self._last_error
+        if at >= now - 1.0:
+            return reason
+        if stale:
+            return "stale stream"
+        if self.conn_state != "Connected":
+            return self._conn_reason
+        return "not authenticated" if not self.authenticated else "not subscribed"
+
     def fallback_healthy(self, now: float) -> bool:
         if not self.config.fallback_enabled or self.fallback_last_ok is None:
             return False
@@ -366,13 +379,16 @@ class Core:
             # Connected but silent while the market is open: reported once per episode.
             self._stale = True
             self.errors["stale_stream"] += 1
-            self.primary_reason = "stale stream"
             last = self._sub_at if self.last_data_at is None else max(self._sub_at, self.last_data_at)
             effects.append(PrimaryStale(now - last))
+        elif not stale:
+            self._stale = False  # data resumed (or the link is down): the next silence is a new episode
         if p_ok:
             if self._healthy_since is None:
                 self._healthy_since = now
         else:
+            if self._healthy_since is not None or self.state is State.PRIMARY_ACTIVE:
+                self.primary_reason = self._why_unhealthy(now, stale)
             self._healthy_since = None
         f_ok = self.fallback_healthy(now)
         held = p_ok and self._healthy_since is not None and now - self._healthy_since >= self.config.failback_after_s

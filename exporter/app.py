@@ -1,0 +1,354 @@
+"""The daemon: wires the adapters, the core and the endpoints into one supervised asyncio process.
+
+Data flows one way: the Alpaca client and the Yahoo poller ``emit`` events onto one queue; one router
+task feeds them to the core (the single writer, so no locks) and acts on its effects — logging
+transitions, switching the poller's rate, asking the client to reconnect a stale stream. A ticker keeps
+the core's timers moving. Every long-running task is supervised: a crash is logged, counted and the task
+restarted after a pause, never silently lost. SIGTERM/SIGINT stop everything within a few seconds, closing
+the stream with a proper close frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.core.clock import Clock, SystemClock
+from exporter.core.events import Event, PrimaryData, Tick
+from exporter.core.router import BreakerTripped, Core, CoreConfig, PrimaryStale, State, Transition
+from exporter.logs import add_secrets, configure_logging
+from exporter.metrics import build_registry
+from exporter.settings import Settings
+from exporter.sources.alpaca.client import AlpacaClient, AlpacaClientConfig
+from exporter.sources.yahoo import YahooPoller, YahooPollerConfig
+from exporter.web import create_app, start_server, stop_server
+
+log = logging.getLogger("exporter.router")
+app_log = logging.getLogger("exporter.app")
+
+TICK_SECONDS = 0.25
+SHUTDOWN_BUDGET_SECONDS = 4.0
+
+
+def core_config(settings: Settings) -> CoreConfig:
+    return CoreConfig(
+        symbols=tuple(settings.symbols),
+        stale_after_s=settings.stale_after_seconds,
+        market_hours=settings.market_hours_mode,
+        market_delay_s=900.0 if settings.alpaca_feed == "delayed_sip" else 0.0,
+        failback_after_s=settings.failback_after_seconds,
+        max_message_age_s=settings.message_max_age_seconds,
+        max_clock_skew_s=settings.max_clock_skew_seconds,
+        breaker_percent=settings.circuit_breaker_percent,
+        breaker_cooldown_s=settings.circuit_breaker_cooldown_seconds,
+        max_symbol_series=settings.max_symbol_series,
+        fallback_enabled=settings.yahoo_enabled,
+    )
+
+
+def alpaca_config(settings: Settings) -> AlpacaClientConfig:
+    assert settings.apca_api_key_id is not None
+    assert settings.apca_api_secret_key is not None
+    return AlpacaClientConfig(
+        url=settings.stream_url,
+        key=settings.apca_api_key_id.get_secret_value(),
+        secret=settings.apca_api_secret_key.get_secret_value(),
+        symbols=tuple(settings.symbols),
+        channels=tuple(settings.alpaca_channels),
+        encoding=settings.alpaca_encoding,
+        open_timeout=settings.alpaca_handshake_timeout_seconds,
+        step_timeout=settings.alpaca_handshake_timeout_seconds,
+        ping_interval=settings.alpaca_ping_interval_seconds,
+        ping_timeout=settings.alpaca_ping_timeout_seconds,
+        backoff_base=min(1.0, settings.alpaca_backoff_max_seconds),
+        backoff_max=settings.alpaca_backoff_max_seconds,
+        connection_limit_backoff=settings.alpaca_connection_limit_backoff_seconds,
+        fatal_retry=settings.alpaca_fatal_retry_seconds,
+    )
+
+
+def yahoo_config(settings: Settings) -> YahooPollerConfig:
+    return YahooPollerConfig(
+        base_url=settings.yahoo_url,
+        symbols=tuple(settings.symbols),
+        standby_interval=settings.yahoo_standby_interval_seconds,
+        active_interval=settings.yahoo_interval_seconds,
+    )
+
+
+class EventQueue:
+    """The one queue between the adapters and the router.
+
+    Control events are never dropped; data frames are bounded (``max_frames``): past the bound the
+    newest frame is dropped and counted, so a slow router shows up on /metrics instead of in memory.
+    """
+
+    def __init__(self, max_frames: int) -> None:
+        self._items: deque[Event] = deque()
+        self._frames = 0
+        self.max_frames = max_frames
+        self.dropped = 0
+        self._ready = asyncio.Event()
+
+    def put(self, event: Event) -> None:
+        if type(event) is PrimaryData:
+            if self._frames >= self.max_frames:
+                self.dropped += 1
+                return
+            self._frames += 1
+        self._items.append(event)
+        self._ready.set()
+
+    async def get_batch(self, limit: int = 256) -> list[Event]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        batch: list[Event] = []
+        items = self._items
+        while items and len(batch) < limit:
+            event = items.popleft()
+            if type(event) is PrimaryData:
+                self._frames -= 1
+            batch.append(event)
+        return batch
+
+    def stats(self) -> tuple[int, int]:
+        return self._frames, self.dropped
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.core = Core(core_config(settings), self.clock)
+        self.queue = EventQueue(settings.max_queue_frames)
+        self.registry = registry or build_registry(self.core, self.queue.stats)
+        self.alpaca = AlpacaClient(alpaca_config(settings), self.queue.put)
+        self.yahoo = YahooPoller(yahoo_config(settings), self.queue.put) if settings.yahoo_enabled else None
+        self.stopping = asyncio.Event()
+        self.task_restarts: dict[str, int] = {}
+        self.port: int | None = None
+        self._started = asyncio.Event()
+
+    # ---- the router task -------------------------------------------------------------------------
+    async def _route(self) -> None:
+        core = self.core
+        while True:
+            for event in await self.queue.get_batch():
+                effects = core.handle(event)
+                if effects:
+                    self._apply(effects)
+            # Let the reader and the web server run between batches: a burst never starves a scrape.
+            await asyncio.sleep(0)
+
+    def _apply(self, effects: Any) -> None:
+        for effect in effects:
+            if isinstance(effect, Transition):
+                self._on_transition(effect)
+            elif isinstance(effect, BreakerTripped):
+                log.error(
+                    "circuit breaker tripped: %s moved %.1f%% (%s %.4f against %.4f)",
+                    effect.symbol,
+                    effect.move_percent,
+                    effect.source,
+                    effect.price,
+                    effect.reference,
+                    extra={
+                        "event": "circuit_breaker_tripped",
+                        "symbol": effect.symbol,
+                        "source": effect.source,
+                        "price": effect.price,
+                        "reference": effect.reference,
+                        "move_percent": round(effect.move_percent, 3),
+                    },
+                )
+            elif isinstance(effect, PrimaryStale):
+                log.warning(
+                    "alpaca stream stale: no market data for %.1fs while the market is open; reconnecting",
+                    effect.silent_seconds,
+                    extra={"event": "stale_stream", "silent_seconds": round(effect.silent_seconds, 3)},
+                )
+                self.alpaca.request_reconnect("stale stream")
+
+    def _on_transition(self, t: Transition) -> None:
+        level = logging.INFO if t.new is State.PRIMARY_ACTIVE else logging.WARNING
+        if t.new is State.BOTH_UNAVAILABLE:
+            level = logging.ERROR
+        log.log(
+            level,
+            "router state transition: %s → %s (reason: %s, duration: %.1fs)",
+            t.previous.name,
+            t.new.name,
+            t.reason,
+            t.seconds_in_previous,
+            extra={
+                "event": "router_transition",
+                "previous_state": t.previous.name,
+                "new_state": t.new.name,
+                "reason": t.reason,
+                "duration_seconds": round(t.seconds_in_previous, 3),
+                "failover": t.failover,
+                "recovery_seconds": None if t.recovery_seconds is None else round(t.recovery_seconds, 3),
+            },
+        )
+        if self.yahoo is not None:
+            # Poll fast whenever the primary is not the active source, so the fallback is fresh.
+            self.yahoo.set_active(t.new is not State.PRIMARY_ACTIVE)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            self.queue.put(Tick())
+
+    # ---- supervision ------------------------------------------------------------------------------
+    async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        delay = 0.5
+        while True:
+            started = time.monotonic()
+            try:
+                await factory()
+                if self.stopping.is_set():
+                    return
+                app_log.error("task %s returned unexpectedly; restarting", name, extra={"task": name})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                app_log.exception(
+                    "task %s crashed: %s; restarting in %.1fs",
+                    name,
+                    type(exc).__name__,
+                    delay,
+                    extra={"event": "task_crashed", "task": name},
+                )
+            self.task_restarts[name] = self.task_restarts.get(name, 0) + 1
+            if time.monotonic() - started > 60:
+                delay = 0.5
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    # ---- endpoints ---------------------------------------------------------------------------------
+    def render_metrics(self, accept: str) -> tuple[bytes, str]:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def status(self) -> dict[str, Any]:
+        status = self.core.status()
+        status["version"] = __version__
+        status["alpaca_client"] = _plain(self.alpaca.status)
+        if self.yahoo is not None:
+            status["yahoo_poller"] = _plain(self.yahoo.status())
+        status["queue"] = {"frames": self.queue.stats()[0], "dropped": self.queue.dropped}
+        status["task_restarts"] = dict(self.task_restarts)
+        return status
+
+    def ready(self) -> bool:
+        return self.core.state is not State.BOTH_UNAVAILABLE
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Run until ``stop()`` (or a signal) and shut down within the budget."""
+        web_app = create_app(render_metrics=self.render_metrics, status=self.status, ready=self.ready)
+        runner = await start_server(web_app, self.settings.host, self.settings.port)
+        self.port = _bound_port(runner)
+        app_log.info(
+            "alpaca-exporter %s serving /metrics on http://%s:%s",
+            __version__,
+            self.settings.host,
+            self.port,
+            extra={"event": "started", "host": self.settings.host, "port": self.port},
+        )
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks.append(group.create_task(self._supervise("router", self._route)))
+                tasks.append(group.create_task(self._supervise("ticker", self._tick)))
+                tasks.append(group.create_task(self._supervise("alpaca", self.alpaca.run)))
+                if self.yahoo is not None:
+                    tasks.append(group.create_task(self._supervise("yahoo", self.yahoo.run)))
+                self._started.set()
+                await self.stopping.wait()
+                await self._shutdown(tasks)
+        finally:
+            await stop_server(runner)
+            app_log.info("alpaca-exporter stopped", extra={"event": "stopped"})
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        app_log.info("shutting down", extra={"event": "shutdown"})
+        # Stop routing first: the sources going away on purpose is not an outage to report.
+        tasks[0].cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.alpaca.stop(), SHUTDOWN_BUDGET_SECONDS / 2)
+        if self.yahoo is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.yahoo.aclose(), 1.0)
+        for task in tasks:
+            task.cancel()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def wait_started(self) -> None:
+        await self._started.wait()
+
+
+def _plain(snapshot: Any) -> dict[str, Any]:
+    """A status dataclass as JSON-ready values (sets become sorted lists)."""
+    out: dict[str, Any] = {}
+    for key, value in dataclasses.asdict(snapshot).items():
+        if isinstance(value, frozenset | set):
+            value = sorted(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+def _bound_port(runner: Any) -> int:
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    raise RuntimeError("the web server is not listening")
+
+
+async def serve(settings: Settings, daemon_ready: Callable[[Daemon], Awaitable[None]] | None = None) -> int:
+    daemon = Daemon(settings)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stop)
+    runner = asyncio.create_task(daemon.run())
+    if daemon_ready is not None:
+        await daemon.wait_started()
+        await daemon_ready(daemon)
+    await runner
+    return 0
+
+
+def quiet_libraries() -> None:
+    """Per-request INFO lines of the HTTP and WebSocket libraries would drown the episode logs."""
+    for name in ("httpx", "httpcore", "websockets", "aiohttp.access"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_daemon(settings: Settings) -> int:
+    add_secrets(settings.secrets())
+    configure_logging(settings.log_level, settings.log_format, secrets=settings.secrets())
+    quiet_libraries()
+    return asyncio.run(serve(settings))

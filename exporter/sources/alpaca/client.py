@@ -1,0 +1,553 @@
+"""The Alpaca stream client: websockets I/O around the sans-I/O ``protocol`` and ``codec`` modules.
+
+What it does, in order, for every connection (one at a time — Alpaca allows one per key):
+
+1. ``Connecting``: open the WebSocket (``Content-Type: application/msgpack`` in msgpack mode) and wait
+   for ``connected``. 2. ``Authenticating``: send auth, wait for ``authenticated``; send the *whole*
+   subscription, wait for the ``subscription`` ack and compare it with what we want. 3. ``Connected``:
+   read frames, decode them, hand them to ``emit`` — nothing else. Every handshake step has a timeout.
+
+The reader never waits on processing: ``emit`` is the daemon's non-blocking queue put, and routing
+happens in the core's task. Transport liveness is WebSocket ping/pong with a short pong timeout
+(a dead socket); a live but mute socket is the core's staleness timer, which calls
+:meth:`AlpacaClient.request_reconnect`.
+
+When a connection ends, :class:`~exporter.sources.alpaca.protocol.ReconnectPolicy` decides the wait:
+minutes after a fatal error (bad credentials, plan), at least the connection-limit floor after a 406,
+jittered exponential backoff otherwise, reset after a healthy period. It never loops hot.
+
+Error counting (``PrimaryError.type``): server error codes per ``protocol.classify_error``;
+``connection_failed`` when no usable stream was established (refused, unreachable, a handshake step
+timed out or the socket closed before the subscription was confirmed); ``connection_lost`` when an
+established (subscribed) connection drops without an error frame explaining it; ``decode_error`` for
+undecodable frames or control items. Our own closes (``stop``, ``request_reconnect``) are not errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from exporter.core.events import (
+    ConnState,
+    DependencyLatency,
+    Emit,
+    Event,
+    PrimaryAuthenticated,
+    PrimaryConnection,
+    PrimaryControl,
+    PrimaryData,
+    PrimaryError,
+    PrimarySubscribed,
+)
+from exporter.sources.alpaca import protocol
+from exporter.sources.alpaca.codec import (
+    BadControl,
+    Control,
+    Encoding,
+    ErrorMessage,
+    FrameDecodeError,
+    SubscriptionAck,
+    Success,
+    decode_frame,
+)
+from exporter.sources.alpaca.protocol import Policy
+
+log = logging.getLogger("exporter.alpaca")
+
+
+class _NoFrameDumps(logging.LoggerAdapter[logging.Logger]):
+    """websockets' logger, minus DEBUG: at DEBUG websockets dumps frame contents, and our auth frame
+    holds the secret. Everything websockets logs at INFO and above still goes through."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level > logging.DEBUG and self.logger.isEnabledFor(level)
+
+    def debug(self, msg: object, *args: object, **kwargs: object) -> None:
+        return
+
+
+_ws_log = _NoFrameDumps(logging.getLogger("exporter.alpaca.websockets"), {})
+
+_USER_AGENT: Final = "alpaca-exporter/0.1"
+# Real batches are well under 1 MiB, but a busy SIP session with many symbols can exceed websockets'
+# 1 MiB default (the field's 1009 "message too big"); 16 MiB bounds memory per frame all the same.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class AlpacaClientConfig:
+    """Everything the client needs; the daemon maps settings onto it. Durations are seconds.
+
+    ``key`` and ``secret`` are excluded from ``repr`` and never logged or put in exception text.
+    """
+
+    url: str
+    key: str = field(repr=False)
+    secret: str = field(repr=False)
+    symbols: tuple[str, ...]
+    channels: tuple[str, ...] = ("trades",)
+    encoding: Encoding = "msgpack"
+    open_timeout: float = 5.0  # TCP connect + WebSocket upgrade
+    step_timeout: float = 5.0  # each of: `connected`, the auth reply, the subscription ack
+    ping_interval: float = 10.0
+    ping_timeout: float = 5.0
+    close_timeout: float = 2.0
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    connection_limit_backoff: float = 90.0
+    fatal_retry: float = 300.0
+    healthy_reset: float = 60.0
+    jitter: protocol.Jitter = "equal"
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ("json", "msgpack"):
+            raise ValueError(f"encoding must be json or msgpack, not {self.encoding!r}")
+        if urlsplit(self.url).scheme not in ("ws", "wss"):
+            raise ValueError("the Alpaca stream URL must be ws:// or wss://")
+        if not self.symbols:
+            raise ValueError("at least one symbol is needed")
+        protocol.subscription_plan(self.channels, self.symbols)  # validates the channel names
+        for name in ("open_timeout", "step_timeout", "ping_interval", "ping_timeout", "close_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        protocol.Backoff(self.backoff_base, self.backoff_max)  # validates the bounds
+
+    def retry_settings(self) -> protocol.RetrySettings:
+        return protocol.RetrySettings(
+            backoff_base=self.backoff_base,
+            backoff_max=self.backoff_max,
+            connection_limit_backoff=self.connection_limit_backoff,
+            fatal_retry=self.fatal_retry,
+            healthy_reset=self.healthy_reset,
+            jitter=self.jitter,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatus:
+    """A read-only snapshot for /status (no secrets)."""
+
+    state: ConnState
+    connected: bool
+    authenticated: bool
+    subscribed_symbols: frozenset[str]
+    connection_attempts: int  # every attempt since start
+    reconnects: int  # attempts after the first
+    last_error: str | None  # "type: detail" of the latest error
+    next_retry_in: float | None  # seconds until the next attempt while waiting, else None
+
+
+class _Ended(Exception):
+    """Ends one connection: how to wait before the next, and why (for the log)."""
+
+    def __init__(self, policy: Policy, reason: str, error_type: str | None = None) -> None:
+        super().__init__(reason)
+        self.policy = policy
+        self.reason = reason
+        self.error_type = error_type  # already emitted; for the log line
+
+
+class AlpacaClient:
+    """One Alpaca stream connection, kept alive until :meth:`stop`.
+
+    ``emit`` must not block (the daemon's queue put). ``rng`` drives the backoff jitter (inject for
+    tests); ``clock`` is monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        config: AlpacaClientConfig,
+        emit: Emit,
+        *,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._emit_callback = emit
+        self._clock = clock
+        self._retry = protocol.ReconnectPolicy(config.retry_settings(), rng=rng)
+        self._plan = protocol.subscription_plan(config.channels, config.symbols)
+        self._headers = protocol.content_type_headers(config.encoding)
+        self._safe_url = _safe_url(config.url)
+
+        self._state: ConnState = "Disconnected"
+        self._authenticated = False
+        self._subscribed: frozenset[str] = frozenset()
+        self._attempts = 0
+        self._last_error: str | None = None
+        self._retry_at: float | None = None
+
+        self._ws: ClientConnection | None = None
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closers: set[asyncio.Task[None]] = set()
+        self._reconnect_reason: str | None = None
+        self._emit_failed = False
+        # Per-connection episode counters, summarised in one log line when the connection ends.
+        self._decode_errors = 0
+        self._error_logged: set[int] = set()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def status(self) -> ClientStatus:
+        retry_in = None
+        if self._retry_at is not None:
+            retry_in = max(0.0, self._retry_at - self._clock())
+        return ClientStatus(
+            state=self._state,
+            connected=self._state == "Connected",
+            authenticated=self._authenticated,
+            subscribed_symbols=self._subscribed,
+            connection_attempts=self._attempts,
+            reconnects=max(0, self._attempts - 1),
+            last_error=self._last_error,
+            next_retry_in=retry_in,
+        )
+
+    async def run(self) -> None:
+        """Connect, stream, reconnect per the policy — until :meth:`stop`."""
+        self._task = asyncio.current_task()
+        try:
+            while not self._stopping:
+                ended = await self._connection()
+                if self._stopping:
+                    break
+                delay = self._retry.delay(ended.policy)
+                self._log_ended(ended, delay)
+                await self._wait(delay)
+        finally:
+            self._retry_at = None
+            self._set_state("Disconnected", "stopped")
+
+    def request_reconnect(self, reason: str) -> None:
+        """Drop the current connection (closing it properly) and reconnect per the policy.
+
+        The daemon calls this when the core finds the stream stale: a live socket that sends no data.
+        Ignored while no connection is open (a reconnect is already on its way).
+        """
+        ws = self._ws
+        if ws is None or self._stopping or self._reconnect_reason is not None:
+            return
+        self._reconnect_reason = reason
+        log.warning(
+            "alpaca reconnect requested",
+            extra={"reason": reason, "state": self._state, "url": self._safe_url},
+        )
+        task = asyncio.get_running_loop().create_task(self._close(ws, "reconnect"))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+
+    async def stop(self) -> None:
+        """Close the connection with a close frame (code 1000, bounded by ``close_timeout``) and end
+        :meth:`run`."""
+        self._stopping = True
+        self._stop_event.set()
+        ws = self._ws
+        if ws is not None:
+            await self._close(ws, "shutdown")
+        task = self._task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            try:
+                async with asyncio.timeout(self.config.close_timeout + self.config.open_timeout):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # ------------------------------------------------------------------ one connection
+
+    async def _connection(self) -> _Ended:
+        """One connection attempt from Connecting to its end; returns why it ended."""
+        self._attempts += 1
+        self._reconnect_reason = None
+        self._decode_errors = 0
+        self._error_logged.clear()
+        self._set_state("Connecting", "reconnect" if self._attempts > 1 else "start")
+        started = self._clock()
+        cfg = self.config
+        try:
+            ws = await connect(
+                cfg.url,
+                additional_headers=self._headers,
+                user_agent_header=_USER_AGENT,
+                open_timeout=cfg.open_timeout,
+                ping_interval=cfg.ping_interval,
+                ping_timeout=cfg.ping_timeout,
+                close_timeout=cfg.close_timeout,
+                max_size=cfg.max_message_bytes,
+                logger=_ws_log,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            policy = protocol.classify_http_status(status)
+            ended = self._fail("connection_failed", f"HTTP {status} at upgrade", policy)
+            self._set_state("Disconnected", ended.reason)
+            return ended
+        except Exception as exc:  # refused, unreachable, TLS, timeout, bad handshake: all transient
+            ended = self._fail("connection_failed", _describe(exc), Policy.TRANSIENT)
+            self._set_state("Disconnected", ended.reason)
+            return ended
+        self._ws = ws
+        healthy_since: float | None = None
+        ended = _Ended(Policy.TRANSIENT, "stopped")  # what a cancellation leaves behind
+        try:
+            if not self._stopping:
+                healthy_since = await self._handshake(ws, started)
+                await self._stream(ws)  # only ends by raising
+        except _Ended as exc:
+            ended = exc
+        except ConnectionClosed as exc:
+            ended = self._closed(exc, established=healthy_since is not None)
+        except Exception as exc:
+            # A bug of ours must not end the client: log it, drop this connection, back off.
+            log.exception("alpaca client error", extra={"state": self._state})
+            ended = _Ended(Policy.TRANSIENT, f"internal error: {type(exc).__name__}")
+        finally:
+            self._ws = None
+            if ws.close_code is None:
+                await self._close(ws, "reconnect")
+            self._retry.connection_ended(0.0 if healthy_since is None else self._clock() - healthy_since)
+            if self._authenticated:
+                self._authenticated = False
+                self._send(PrimaryAuthenticated(False))
+            self._subscribed = frozenset()
+            self._set_state("Disconnected", ended.reason)
+        return ended
+
+    async def _handshake(self, ws: ClientConnection, started: float) -> float:
+        """connected → auth → subscribe → ack. Returns when Connected (the monotonic time)."""
+        cfg = self.config
+        await self._expect(ws, _is_success("connected"), "connected")
+        self._send(DependencyLatency("alpaca", "connect", self._clock() - started))
+
+        self._set_state("Authenticating", "connected")
+        sent = self._clock()
+        await ws.send(protocol.auth_message(cfg.key, cfg.secret, cfg.encoding))
+        await self._expect(ws, _is_success("authenticated"), "auth")
+        self._send(DependencyLatency("alpaca", "auth", self._clock() - sent))
+        self._authenticated = True
+        self._send(PrimaryAuthenticated(True))
+
+        sent = self._clock()
+        await ws.send(protocol.subscribe_message(self._plan, cfg.encoding))
+        ack = await self._expect(ws, lambda c: isinstance(c, SubscriptionAck), "subscribe")
+        self._send(DependencyLatency("alpaca", "subscribe", self._clock() - sent))
+        assert isinstance(ack, SubscriptionAck)
+        self._on_ack(ack)
+        self._set_state("Connected", "subscribed")
+        log.info(
+            "alpaca stream connected",
+            extra={
+                "url": self._safe_url,
+                "encoding": cfg.encoding,
+                "symbols": len(self._subscribed),
+                "attempt": self._attempts,
+                "handshake_seconds": round(self._clock() - started, 4),
+            },
+        )
+        return self._clock()
+
+    async def _expect(self, ws: ClientConnection, wanted: Callable[[Control], bool], step: str) -> Control:
+        """Read frames until a control item satisfies ``wanted``, within the step timeout.
+
+        Data that arrives meanwhile is emitted as usual; error frames end the attempt per their policy
+        (except the benign 403, which in reply to auth means we are authenticated anyway).
+        """
+        try:
+            async with asyncio.timeout(self.config.step_timeout):
+                while True:
+                    controls = self._on_frame(await ws.recv())
+                    for control in controls:
+                        if wanted(control):
+                            return control
+                        if isinstance(control, ErrorMessage):
+                            info = protocol.classify_error(control.code)
+                            if info.policy is Policy.BENIGN:
+                                if step == "auth" and control.code == 403:
+                                    return Success("authenticated")
+                                continue
+                            if step == "auth":
+                                self._send(PrimaryAuthenticated(False))
+                            raise _Ended(info.policy, f"error {control.code} during {step}", info.type)
+        except TimeoutError:
+            error_type = "auth_timeout" if step == "auth" else "connection_failed"
+            detail = f"no {step} reply within {self.config.step_timeout}s"
+            raise self._fail(error_type, detail, Policy.TRANSIENT) from None
+
+    async def _stream(self, ws: ClientConnection) -> None:
+        """The reader: receive, decode, emit. Only ends by raising (_Ended or ConnectionClosed)."""
+        recv = ws.recv
+        on_frame = self._on_frame
+        on_control = self._on_stream_control
+        while True:
+            controls = on_frame(await recv())
+            for control in controls:
+                on_control(control)
+
+    # ------------------------------------------------------------------ frames
+
+    def _on_frame(self, frame: str | bytes) -> list[Control]:
+        """Decode one frame, emit its data and control count; return its control items."""
+        received_at = self._clock()
+        try:
+            decoded = decode_frame(frame, self.config.encoding)
+        except FrameDecodeError as exc:
+            self._decode_error(str(exc))
+            return []
+        if decoded.messages:
+            self._send(PrimaryData(decoded.messages, received_at, self._clock() - received_at))
+        controls = decoded.controls
+        if controls:
+            self._send(PrimaryControl(len(controls)))
+            for control in controls:
+                if isinstance(control, BadControl):
+                    self._decode_error(f"bad control item {control.T!r}: {control.detail}")
+                elif isinstance(control, ErrorMessage):
+                    info = protocol.classify_error(control.code)
+                    self._error(info.type, f"{control.code} {control.msg}"[:200])
+                    if control.code not in self._error_logged:
+                        self._error_logged.add(control.code)
+                        log.warning(
+                            "alpaca server error",
+                            extra={
+                                "code": control.code,
+                                "server_msg": control.msg[:200],
+                                "error_type": info.type,
+                                "policy": info.policy.value,
+                                "state": self._state,
+                            },
+                        )
+        return controls
+
+    def _on_stream_control(self, control: Control) -> None:
+        """A control item while Connected: a new ack replaces the state; errors end it unless harmless."""
+        if isinstance(control, SubscriptionAck):
+            self._on_ack(control)
+        elif isinstance(control, ErrorMessage):
+            info = protocol.classify_error(control.code)
+            if not info.session_ok and info.policy is not Policy.BENIGN:
+                raise _Ended(info.policy, f"error {control.code} while streaming", info.type)
+
+    def _on_ack(self, ack: SubscriptionAck) -> None:
+        check = protocol.check_ack(ack, self._plan)
+        self._subscribed = check.confirmed
+        self._send(PrimarySubscribed(check.confirmed))
+        if not check.ok:
+            log.warning(
+                "alpaca subscription differs from the wanted one",
+                extra={
+                    "missing": {k: sorted(v)[:20] for k, v in check.missing.items()},
+                    "extra": {k: sorted(v)[:20] for k, v in check.extra.items()},
+                },
+            )
+
+    # ------------------------------------------------------------------ endings and errors
+
+    def _closed(self, exc: ConnectionClosed, *, established: bool) -> _Ended:
+        if self._stopping:
+            return _Ended(Policy.TRANSIENT, "stopped")
+        if self._reconnect_reason is not None:
+            return _Ended(Policy.TRANSIENT, self._reconnect_reason)
+        detail = _describe(exc)
+        if established:
+            return self._fail("connection_lost", detail, Policy.TRANSIENT)
+        return self._fail("connection_failed", f"closed during handshake: {detail}", Policy.TRANSIENT)
+
+    def _fail(self, error_type: str, detail: str, policy: Policy) -> _Ended:
+        self._error(error_type, detail)
+        return _Ended(policy, f"{error_type}: {detail}", error_type)
+
+    def _error(self, error_type: str, detail: str) -> None:
+        self._last_error = f"{error_type}: {detail}"
+        self._send(PrimaryError(error_type, detail))
+
+    def _decode_error(self, detail: str) -> None:
+        self._decode_errors += 1
+        self._error("decode_error", detail[:200])
+        if self._decode_errors == 1:  # one line per connection; the total goes in the end line
+            log.warning("alpaca frame not decodable", extra={"detail": detail[:200]})
+
+    def _log_ended(self, ended: _Ended, delay: float) -> None:
+        fatal = ended.policy is Policy.FATAL
+        log.log(
+            logging.ERROR if fatal else logging.WARNING,
+            "alpaca connection ended; retrying slowly" if fatal else "alpaca connection ended",
+            extra={
+                "reason": ended.reason,
+                "error_type": ended.error_type,
+                "policy": ended.policy.value,
+                "retry_in_seconds": round(delay, 3),
+                "attempt": self._attempts,
+                "decode_errors": self._decode_errors,
+                "url": self._safe_url,
+            },
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    def _set_state(self, state: ConnState, reason: str) -> None:
+        if state != self._state:
+            self._state = state
+            self._send(PrimaryConnection(state, reason))
+
+    def _send(self, event: Event) -> None:
+        try:
+            self._emit_callback(event)
+        except Exception:
+            # The reader must survive a broken consumer; log the first failure only.
+            if not self._emit_failed:
+                self._emit_failed = True
+                log.exception("alpaca event consumer failed", extra={"event": type(event).__name__})
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep before the next attempt; :meth:`stop` cuts it short."""
+        self._retry_at = self._clock() + delay
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stop_event.wait()
+        finally:
+            self._retry_at = None
+
+    async def _close(self, ws: ClientConnection, reason: Literal["shutdown", "reconnect"]) -> None:
+        # websockets bounds the closing handshake with close_timeout, then drops the TCP connection.
+        with contextlib.suppress(Exception):
+            await ws.close(1000, reason)
+
+
+def _is_success(msg: str) -> Callable[[Control], bool]:
+    return lambda control: isinstance(control, Success) and control.msg == msg
+
+
+def _describe(exc: BaseException) -> str:
+    """Exception text for logs and error details (the secret is never part of these exceptions)."""
+    if isinstance(exc, ConnectionClosed):
+        frame = exc.rcvd or exc.sent
+        if frame is None:
+            return "closed without a close frame (1006)"
+        return f"close {frame.code} {frame.reason!r}"[:200]
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:200]
+
+
+def _safe_url(url: str) -> str:
+    """scheme://host[:port]/path — no userinfo or query string in logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
