@@ -7,6 +7,8 @@ values are never echoed in errors (``hide_input_in_errors``), so a typo in a sec
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,6 +23,9 @@ Feed = Literal["iex", "sip", "delayed_sip", "boats", "overnight", "test"]
 CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
 ALPACA_STREAM_HOST = "wss://stream.data.alpaca.markets"
 # Letters, digits and the separators real tickers use (BRK.B, BRK-B, ^GSPC, EURUSD=X, BTC/USD).
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 _SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-/=^]{0,20}$")
 
 
@@ -42,6 +47,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         hide_input_in_errors=True,
+        allow_inf_nan=False,
         frozen=True,
     )
 
@@ -102,13 +108,16 @@ class Settings(BaseSettings):
     def _normalise_symbols(cls, value: list[str]) -> list[str]:
         seen: dict[str, None] = {}
         bad: list[str] = []
-        for raw in value:
+        for position, raw in enumerate(value, start=1):
             symbol = raw.strip().upper()
             if not _SYMBOL_RE.match(symbol):
-                bad.append(raw[:24])
+                # Positions, not values: a secret pasted into the wrong variable must not be echoed.
+                bad.append(str(position))
             seen.setdefault(symbol, None)
         if bad:
-            raise ValueError(f"not a valid symbol: {', '.join(repr(b) for b in bad)}")
+            raise ValueError(
+                f"entry {', '.join(bad)} is not a valid symbol (letters, digits and . - / = ^, at most 21 characters)"
+            )
         return list(seen)
 
     @field_validator("alpaca_channels", mode="before")
@@ -119,9 +128,9 @@ class Settings(BaseSettings):
     @field_validator("alpaca_channels")
     @classmethod
     def _check_channels(cls, value: list[str]) -> list[str]:
-        unknown = [c for c in value if c not in CHANNELS]
+        unknown = [str(i) for i, c in enumerate(value, start=1) if c not in CHANNELS]
         if unknown:
-            raise ValueError(f"unknown channel(s) {', '.join(unknown)}; allowed: {', '.join(CHANNELS)}")
+            raise ValueError(f"entry {', '.join(unknown)} is not a channel; allowed: {', '.join(CHANNELS)}")
         if not value:
             raise ValueError("at least one channel is needed")
         return list(dict.fromkeys(value))
@@ -131,6 +140,19 @@ class Settings(BaseSettings):
     def _check_ws_url(cls, value: str | None) -> str | None:
         if value is not None and not re.match(r"^wss?://[^/\s]+(/\S*)?$", value):
             raise ValueError("must be a ws:// or wss:// URL, e.g. ws://127.0.0.1:8765/v2/iex")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        if not _HOSTNAME_RE.match(value):
+            raise ValueError("must be an IP address or a host name, e.g. 0.0.0.0, 127.0.0.1, ::, localhost")
         return value
 
     @field_validator("yahoo_url")
@@ -174,14 +196,14 @@ class Settings(BaseSettings):
 
     def run_problems(self) -> list[str]:
         """What `run` needs beyond well-formed values."""
-        problems = []
-        if self.apca_api_key_id is None or not self.apca_api_key_id.get_secret_value():
-            problems.append("APCA_API_KEY_ID: required for run (your Alpaca API key id)")
-        if self.apca_api_secret_key is None or not self.apca_api_secret_key.get_secret_value():
-            problems.append("APCA_API_SECRET_KEY: required for run (your Alpaca API secret key)")
-        if not self.symbols:
-            problems.append("EXPORTER_SYMBOLS: required for run, e.g. AAPL,MSFT,SPY")
-        return problems
+        present = {
+            "APCA_API_KEY_ID": self.apca_api_key_id is not None
+            and bool(self.apca_api_key_id.get_secret_value().strip()),
+            "APCA_API_SECRET_KEY": self.apca_api_secret_key is not None
+            and bool(self.apca_api_secret_key.get_secret_value().strip()),
+            "EXPORTER_SYMBOLS": bool(self.symbols),
+        }
+        return [f"{name}: {why}" for name, why in REQUIRED_FOR_RUN.items() if not present[name]]
 
     def secrets(self) -> list[str]:
         return [s.get_secret_value() for s in (self.apca_api_key_id, self.apca_api_secret_key) if s is not None]
@@ -204,6 +226,10 @@ class Settings(BaseSettings):
         if self.max_message_age_seconds is None:
             out["EXPORTER_MAX_MESSAGE_AGE_SECONDS"] = f"{self.message_max_age_seconds:g} (default for the feed)"
         return out
+
+
+def _filled(secret: SecretStr | None) -> bool:
+    return secret is not None and bool(secret.get_secret_value().strip())
 
 
 def env_name(field: str) -> str:
@@ -231,11 +257,39 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{env_name(field)}: {msg}"
 
 
+REQUIRED_FOR_RUN = {
+    "APCA_API_KEY_ID": "required for run (your Alpaca API key id)",
+    "APCA_API_SECRET_KEY": "required for run (your Alpaca API secret key)",
+    "EXPORTER_SYMBOLS": "required for run, e.g. AAPL,MSFT,SPY",
+}
+
+
+def _missing_required(env_file: str | Path | None) -> list[str]:
+    """Required variables absent from both the environment and the .env file (for a complete report)."""
+    from dotenv import dotenv_values
+
+    file_values: dict[str, str | None] = {}
+    if env_file is not None and Path(env_file).is_file():
+        file_values = {k.upper(): v for k, v in dotenv_values(env_file).items()}
+    env = {k.upper(): v for k, v in os.environ.items()}
+    return [
+        f"{name}: {why}"
+        for name, why in REQUIRED_FOR_RUN.items()
+        if not (env.get(name) or "").strip() and not (file_values.get(name) or "").strip()
+    ]
+
+
 def load_settings(*, for_run: bool = False, env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     try:
         settings = Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors()]) from None
+        problems = [_describe(e) for e in exc.errors()]
+        if for_run:
+            named = {p.split(":", 1)[0] for p in problems}
+            problems += [p for p in _missing_required(env_file) if p.split(":", 1)[0] not in named]
+        raise ConfigError(problems) from None
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ConfigError([f"{env_file}: cannot be read as a UTF-8 .env file ({type(exc).__name__})"]) from None
     if for_run:
         problems = settings.run_problems()
         if problems:

@@ -131,3 +131,18 @@ def market_open(mode: str, unix_seconds: float, *, delay_seconds: float = 0.0) -
     if mode == "overnight":
         return overnight_session_open(t)
     return regular_session_open(t)
+
+
+def session_opened_at(mode: str, unix_seconds: float, *, delay_seconds: float = 0.0) -> float | None:
+    """Unix time the current session opened (as the data sees it), ``-inf`` for ``always``, None if closed."""
+    if mode == "always":
+        return float("-inf")
+    if not market_open(mode, unix_seconds, delay_seconds=delay_seconds):
+        return None
+    t = unix_seconds - delay_seconds
+    _, secs = eastern(t)
+    if mode == "overnight":
+        since = secs - OVERNIGHT_START if secs >= OVERNIGHT_START else secs + 24 * 3600 - OVERNIGHT_START
+    else:
+        since = secs - REGULAR_OPEN
+    return unix_seconds - since

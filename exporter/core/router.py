@@ -53,7 +53,7 @@ from exporter.core.events import (
     PrimarySubscribed,
     Tick,
 )
-from exporter.core.market_hours import market_open
+from exporter.core.market_hours import session_opened_at
 from exporter.core.messages import (
     TYPE_LABELS,
     Bar,
@@ -145,6 +145,10 @@ class CoreConfig:
     breaker_cooldown_s: float = 60.0
     max_symbol_series: int = 500
     fallback_enabled: bool = True
+    # False skips only the hot path's metric bookkeeping (per-symbol received counts, latency and
+    # processing histograms): routing, validation, breakers and accounting stay. For the benchmark's
+    # "what does monitoring cost" run; the daemon always keeps it on.
+    metrics: bool = True
 
 
 # Effects: what the daemon must log or act on.
@@ -349,10 +353,18 @@ class Core:
         cfg = self.config
         if cfg.stale_after_s <= 0:
             return False
-        last = self._sub_at if self.last_data_at is None else max(self._sub_at, self.last_data_at)
-        if now - last <= cfg.stale_after_s:
-            return False
-        return market_open(cfg.market_hours, self.clock.wall_ns() / 1e9, delay_seconds=cfg.market_delay_s)
+        wall = self.clock.wall_ns() / 1e9
+        opened = session_opened_at(cfg.market_hours, wall, delay_seconds=cfg.market_delay_s)
+        if opened is None:
+            return False  # silence while the market is closed is normal
+        return now - self._silent_since(now, wall, opened) > cfg.stale_after_s
+
+    def _silent_since(self, now: float, wall: float, opened: float) -> float:
+        """Monotonic start of the current silence: the latest of ack, session open and last data."""
+        last = max(self._sub_at, now - (wall - opened))
+        if self.last_data_at is not None and self.last_data_at > last:
+            last = self.last_data_at
+        return last
 
     def _why_unhealthy(self, now: float, stale: bool) -> str:
         # An error reported just now explains the outage better than its symptoms (auth lost, disconnected).
@@ -379,8 +391,9 @@ class Core:
             # Connected but silent while the market is open: reported once per episode.
             self._stale = True
             self.errors["stale_stream"] += 1
-            last = self._sub_at if self.last_data_at is None else max(self._sub_at, self.last_data_at)
-            effects.append(PrimaryStale(now - last))
+            wall = self.clock.wall_ns() / 1e9
+            opened = session_opened_at(self.config.market_hours, wall, delay_seconds=self.config.market_delay_s)
+            effects.append(PrimaryStale(now - self._silent_since(now, wall, -math.inf if opened is None else opened)))
         elif not stale:
             self._stale = False  # data resumed (or the link is down): the next silence is a new episode
         if p_ok:
@@ -454,14 +467,16 @@ class Core:
                 price = m.c if cls is Bar else None
             elif cls is Unknown:
                 assert isinstance(m, Unknown)
+                # Counted as received and rejected, so received = routed + standby + rejected stays exact.
                 self._count_series(m.S).received[K["unknown"]] += 1
+                n_data += 1
+                rejected["malformed"] += 1
+                n_rejected += 1
                 continue
             elif cls is Malformed:
                 assert isinstance(m, Malformed)
                 label = TYPE_LABELS.get(m.T)
                 self._count_series(m.S).received[K[label] if label else K["unknown"]] += 1
-                if label is None:
-                    continue
                 n_data += 1
                 rejected["malformed"] += 1
                 n_rejected += 1
