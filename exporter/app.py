@@ -27,12 +27,13 @@ from exporter import __version__
 from exporter.core.clock import Clock, SystemClock
 from exporter.core.events import Event, PrimaryData, Tick
 from exporter.core.router import BreakerTripped, Core, CoreConfig, PrimaryStale, State, Transition
-from exporter.logs import add_secrets, configure_logging
+from exporter.logs import add_secrets, configure_logging, install_excepthook
 from exporter.metrics import build_registry
 from exporter.settings import Settings
 from exporter.sources.alpaca.client import AlpacaClient, AlpacaClientConfig
 from exporter.sources.yahoo import YahooPoller, YahooPollerConfig
-from exporter.web import create_app, start_server, stop_server
+from exporter.web import bound_port, create_app, start_server, stop_server
+from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter.router")
 app_log = logging.getLogger("exporter.app")
@@ -146,6 +147,8 @@ class Daemon:
         self.task_restarts: dict[str, int] = {}
         self.port: int | None = None
         self._started = asyncio.Event()
+        # Loaded here, not at the first request: a bad certificate or hash fails the start, clearly.
+        self.web_config = load_web_config(settings.web_config_file) if settings.web_config_file else None
 
     # ---- the router task -------------------------------------------------------------------------
     async def _route(self) -> None:
@@ -264,12 +267,17 @@ class Daemon:
     # ---- lifecycle ---------------------------------------------------------------------------------
     async def run(self) -> None:
         """Run until ``stop()`` (or a signal) and shut down within the budget."""
-        web_app = create_app(render_metrics=self.render_metrics, status=self.status, ready=self.ready)
+        web_app = create_app(
+            render_metrics=self.render_metrics, status=self.status, ready=self.ready, web_config=self.web_config
+        )
         runner = await start_server(web_app, self.settings.host, self.settings.port)
-        self.port = _bound_port(runner)
+        self.port = bound_port(runner)
+        scheme = "https" if self.web_config is not None and self.web_config.tls is not None else "http"
+        asyncio.get_running_loop().set_exception_handler(_loop_exception)
         app_log.info(
-            "alpaca-exporter %s serving /metrics on http://%s:%s",
+            "alpaca-exporter %s serving /metrics on %s://%s:%s",
             __version__,
+            scheme,
             self.settings.host,
             self.port,
             extra={"event": "started", "host": self.settings.host, "port": self.port},
@@ -320,12 +328,15 @@ def _plain(snapshot: Any) -> dict[str, Any]:
     return out
 
 
-def _bound_port(runner: Any) -> int:
-    for site in runner.sites:
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
-    raise RuntimeError("the web server is not listening")
+def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Exceptions nobody awaited (a stray callback, a dropped task) go through the redacting logger."""
+    exc = context.get("exception")
+    app_log.error(
+        "unhandled error in the event loop: %s",
+        context.get("message", "error"),
+        exc_info=(type(exc), exc, exc.__traceback__) if isinstance(exc, BaseException) else None,
+        extra={"event": "loop_exception"},
+    )
 
 
 async def serve(settings: Settings, daemon_ready: Callable[[Daemon], Awaitable[None]] | None = None) -> int:
@@ -350,5 +361,6 @@ def quiet_libraries() -> None:
 def run_daemon(settings: Settings) -> int:
     add_secrets(settings.secrets())
     configure_logging(settings.log_level, settings.log_format, secrets=settings.secrets())
+    install_excepthook()
     quiet_libraries()
     return asyncio.run(serve(settings))

@@ -53,6 +53,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "run":
             settings = load_settings(for_run=True)
+            if settings.web_config_file is not None:
+                from exporter.webconfig import load_web_config
+
+                try:
+                    load_web_config(settings.web_config_file)
+                except (ValueError, OSError) as exc:
+                    raise ConfigError([f"EXPORTER_WEB_CONFIG_FILE: {exc}"]) from None
             from exporter.app import run_daemon
 
             return run_daemon(settings)

@@ -1,0 +1,353 @@
+"""The HTTP endpoints over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from exporter import logs
+from exporter import web as xweb
+
+SECRET = "topsecret-value-0123456789abcdef"
+
+
+def make_registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    counter = Counter("alpaca_messages_received", "Messages received", ["type"], registry=registry)
+    counter.labels(type="trade").inc(3)
+    Gauge("datasource_router_state", "Router state", ["state"], registry=registry).labels(state="PRIMARY_ACTIVE").set(0)
+    return registry
+
+
+@asynccontextmanager
+async def serve(
+    *,
+    render: Callable[[str], tuple[bytes, str]] | None = None,
+    status: Callable[[], Mapping[str, Any]] = lambda: {"state": "PRIMARY_ACTIVE"},
+    ready: Callable[[], bool] = lambda: True,
+    **kwargs: Any,
+) -> AsyncIterator[tuple[str, web.Application, web.AppRunner]]:
+    app = xweb.create_app(
+        render_metrics=render or xweb.default_render_metrics(make_registry()),
+        status=status,
+        ready=ready,
+        **kwargs,
+    )
+    runner = await xweb.start_server(app, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{xweb.bound_port(runner)}", app, runner
+    finally:
+        await xweb.stop_server(runner)
+
+
+@asynccontextmanager
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=5.0) as c:
+        yield c
+
+
+async def test_metrics_text_format_by_default() -> None:
+    async with serve() as (base, _, runner), client() as c:
+        assert xweb.bound_port(runner) > 0
+        r = await c.get(base + "/metrics", headers={"Accept-Encoding": "identity"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert "content-encoding" not in r.headers
+    assert 'alpaca_messages_received_total{type="trade"} 3.0' in r.text
+    assert "# EOF" not in r.text
+
+
+async def test_metrics_openmetrics_when_asked() -> None:
+    async with serve() as (base, _, _), client() as c:
+        r = await c.get(
+            base + "/metrics",
+            headers={
+                "Accept": "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+                "Accept-Encoding": "identity",
+            },
+        )
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/openmetrics-text")
+    assert r.text.endswith("# EOF\n")
+    assert 'alpaca_messages_received_total{type="trade"} 3.0' in r.text
+
+
+@pytest.mark.parametrize("accept_encoding", ["gzip", "deflate, gzip;q=0.8", "*"])
+async def test_metrics_gzip_when_asked(accept_encoding: str) -> None:
+    registry = make_registry()
+    expected = xweb.default_render_metrics(registry)("")[0]
+    async with (
+        serve(render=xweb.default_render_metrics(registry)) as (base, _, _),
+        client() as c,
+        c.stream("GET", base + "/metrics", headers={"Accept-Encoding": accept_encoding}) as r,
+    ):
+        raw = b"".join([chunk async for chunk in r.aiter_raw()])
+    assert r.status_code == 200
+    assert r.headers["content-encoding"] == "gzip"
+    assert "Accept-Encoding" in r.headers["vary"]
+    assert raw != expected
+    assert gzip.decompress(raw) == expected
+
+
+@pytest.mark.parametrize("accept_encoding", ["identity", "gzip;q=0", "br"])
+async def test_metrics_not_gzipped_otherwise(accept_encoding: str) -> None:
+    async with serve() as (base, _, _), client() as c:
+        r = await c.get(base + "/metrics", headers={"Accept-Encoding": accept_encoding})
+    assert "content-encoding" not in r.headers
+    assert "alpaca_messages_received_total" in r.text
+
+
+async def test_metrics_render_failure_is_500(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(accept: str) -> tuple[bytes, str]:
+        raise RuntimeError("collector exploded")
+
+    async with serve(render=broken) as (base, _, _), client() as c:
+        r = await c.get(base + "/metrics")
+    assert r.status_code == 500
+    assert "collector exploded" not in r.text
+    assert any("rendering /metrics failed" in rec.message for rec in caplog.records)
+
+
+async def test_render_in_thread_keeps_loop_free() -> None:
+    started = threading.Event()
+
+    def slow(accept: str) -> tuple[bytes, str]:
+        started.set()
+        time.sleep(0.5)  # a scrape of a huge registry, stood in by a blocking wait
+        return b"slow 1\n", "text/plain; version=0.0.4; charset=utf-8"
+
+    async with serve(render=slow, render_in_thread=True) as (base, _, _), client() as c:
+        scrape = asyncio.create_task(c.get(base + "/metrics"))
+        assert await asyncio.to_thread(started.wait, 5.0)
+        t0 = time.perf_counter()
+        health = await c.get(base + "/healthz")
+        health_seconds = time.perf_counter() - t0
+        r = await scrape
+    assert health.status_code == 200
+    assert health_seconds < 0.3  # answered while the scrape was still rendering
+    assert r.text == "slow 1\n"
+
+
+async def test_healthz_ok_and_head() -> None:
+    async with serve() as (base, _, _), client() as c:
+        r = await c.get(base + "/healthz")
+        head = await c.head(base + "/healthz")
+        head_metrics = await c.head(base + "/metrics")
+    assert (r.status_code, r.text) == (200, "ok\n")
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head_metrics.status_code == 200
+    assert head_metrics.headers["content-type"].startswith("text/plain")
+    assert head_metrics.content == b""
+
+
+async def test_healthz_follows_alive() -> None:
+    state = {"alive": True}
+
+    def alive() -> bool:
+        if state["alive"] is None:
+            raise RuntimeError("probe broke")
+        return bool(state["alive"])
+
+    async with serve(alive=alive) as (base, _, _), client() as c:
+        assert (await c.get(base + "/healthz")).status_code == 200
+        state["alive"] = False
+        r = await c.get(base + "/healthz")
+        assert (r.status_code, r.text) == (503, "not alive\n")
+        state["alive"] = None  # type: ignore[assignment]
+        assert (await c.get(base + "/healthz")).status_code == 503
+        state["alive"] = True
+        assert (await c.get(base + "/healthz")).status_code == 200
+
+
+async def test_healthz_fails_when_heartbeat_is_stale() -> None:
+    # The heartbeat task beats once at start and then not for 30 s: from the server's point of view the
+    # loop stopped turning after the timeout.
+    async with serve(heartbeat_interval=30.0, heartbeat_timeout=0.2) as (base, app, _), client() as c:
+        assert (await c.get(base + "/healthz")).status_code == 200
+        await asyncio.sleep(0.3)
+        r = await c.get(base + "/healthz")
+        assert r.status_code == 503
+        assert "heartbeat stale" in r.text
+        xweb.heartbeat_of(app).beat()
+        assert (await c.get(base + "/healthz")).status_code == 200
+
+
+async def test_heartbeat_keeps_healthz_green_over_time() -> None:
+    async with serve(heartbeat_interval=0.02, heartbeat_timeout=0.1) as (base, app, _), client() as c:
+        for _ in range(5):
+            await asyncio.sleep(0.05)
+            assert (await c.get(base + "/healthz")).status_code == 200
+        assert xweb.heartbeat_of(app).age() < 0.1
+
+
+async def test_blocked_loop_fails_the_probe_then_recovers() -> None:
+    async with serve(heartbeat_interval=0.05, heartbeat_timeout=1.0) as (base, _, _):
+
+        def probe() -> str:
+            try:
+                return str(httpx.get(base + "/healthz", timeout=0.3).status_code)
+            except httpx.TimeoutException:
+                return "timeout"
+
+        loop = asyncio.get_running_loop()
+        blocked = threading.Event()
+
+        def block() -> None:
+            blocked.set()
+            time.sleep(0.8)  # the event loop itself is stuck: nothing on it can answer
+
+        loop.call_soon(block)
+        result = await asyncio.to_thread(lambda: (blocked.wait(5.0), probe())[1])
+        assert result == "timeout"
+        async with client() as c:
+            assert (await c.get(base + "/healthz")).status_code == 200
+
+
+async def test_readyz_follows_ready() -> None:
+    state = {"ready": False}
+    async with serve(ready=lambda: state["ready"]) as (base, _, _), client() as c:
+        r = await c.get(base + "/readyz")
+        assert r.status_code == 503
+        assert r.text.startswith("not ready")
+        state["ready"] = True
+        r = await c.get(base + "/readyz")
+        assert (r.status_code, r.text) == (200, "ready\n")
+        state["ready"] = False
+        assert (await c.get(base + "/readyz")).status_code == 503
+
+
+async def test_readyz_503_when_ready_raises() -> None:
+    def broken() -> bool:
+        raise RuntimeError("no")
+
+    async with serve(ready=broken) as (base, _, _), client() as c:
+        assert (await c.get(base + "/readyz")).status_code == 503
+
+
+async def test_status_json_redacted() -> None:
+    logs.clear_secrets()
+    logs.add_secrets([SECRET])
+    try:
+
+        class Since:
+            def __str__(self) -> str:
+                return "2025-01-01T00:00:00Z"
+
+        def status() -> Mapping[str, Any]:
+            return {
+                "state": "FALLBACK_ACTIVE",
+                "since": Since(),
+                "sources": {
+                    "alpaca": {"healthy": False, "last_error": f"auth failed for secret {SECRET}"},
+                    "yahoo": {"healthy": True, "url": "https://u:p@q.example/v8?apiKey=zzz"},
+                },
+                "symbols": {"AAPL": {"price": 187.5, "source": "yahoo", "breaker": "closed"}},
+                "key_id_set": True,
+                "api_secret": "oops",
+            }
+
+        async with serve(status=status) as (base, _, _), client() as c:
+            r = await c.get(base + "/status")
+    finally:
+        logs.clear_secrets()
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/json")
+    assert SECRET not in r.text
+    assert "oops" not in r.text
+    body = r.json()
+    assert body["state"] == "FALLBACK_ACTIVE"
+    assert body["since"] == "2025-01-01T00:00:00Z"
+    assert body["sources"]["alpaca"]["last_error"] == "auth failed for secret [REDACTED]"
+    assert body["sources"]["yahoo"]["url"] == "https://[REDACTED]@q.example/v8?apiKey=[REDACTED]"
+    assert body["symbols"]["AAPL"] == {"price": 187.5, "source": "yahoo", "breaker": "closed"}
+    assert body["key_id_set"] is True
+    assert body["api_secret"] == "[REDACTED]"
+
+
+async def test_status_failure_is_redacted_500() -> None:
+    def status() -> Mapping[str, Any]:
+        raise RuntimeError("cannot read password=abcdefghijklmnopqrstuvwxyz")
+
+    async with serve(status=status) as (base, _, _), client() as c:
+        r = await c.get(base + "/status")
+    assert r.status_code == 500
+    assert r.json() == {"error": "RuntimeError: cannot read password=[REDACTED]"}
+
+
+async def test_landing_page_links_everything() -> None:
+    async with serve() as (base, _, _), client() as c:
+        r = await c.get(base + "/")
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/html")
+    for target in ("metrics", "healthz", "readyz", "status"):
+        assert f'href="{target}"' in r.text
+
+
+async def test_unknown_path_and_method() -> None:
+    async with serve() as (base, _, _), client() as c:
+        assert (await c.get(base + "/nope")).status_code == 404
+        assert (await c.get(base + "/metrics/extra")).status_code == 404
+        assert (await c.post(base + "/metrics")).status_code == 405
+
+
+async def test_no_access_log_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with serve() as (base, _, _), client() as c:
+        for path in ("/metrics", "/healthz", "/readyz", "/status", "/"):
+            assert (await c.get(base + path)).status_code == 200
+    assert [r for r in caplog.records if r.name.startswith("aiohttp") and r.levelno >= logging.INFO] == []
+
+
+async def test_stop_server_is_bounded_with_request_in_flight() -> None:
+    release = threading.Event()
+
+    def slow(accept: str) -> tuple[bytes, str]:
+        release.wait(5.0)
+        return b"x 1\n", "text/plain; version=0.0.4; charset=utf-8"
+
+    app = xweb.create_app(render_metrics=slow, status=dict, ready=lambda: True, render_in_thread=True)
+    runner = await xweb.start_server(app, "127.0.0.1", 0, shutdown_timeout=0.2)
+    base = f"http://127.0.0.1:{xweb.bound_port(runner)}"
+    async with client() as c:
+        scrape = asyncio.create_task(c.get(base + "/metrics"))
+        await asyncio.sleep(0.1)
+        t0 = time.perf_counter()
+        await xweb.stop_server(runner, bound=2.0)
+        elapsed = time.perf_counter() - t0
+        release.set()
+        with pytest.raises(httpx.HTTPError):
+            await scrape
+    assert elapsed < 1.5
+    with pytest.raises(httpx.ConnectError):
+        async with client() as c:
+            await c.get(base + "/healthz")
+
+
+async def test_port_in_use_is_an_error_and_cleans_up() -> None:
+    async with serve() as (_, _, runner):
+        port = xweb.bound_port(runner)
+        app = xweb.create_app(render_metrics=lambda a: (b"", "text/plain"), status=dict, ready=lambda: True)
+        with pytest.raises(OSError, match="address already in use"):
+            await xweb.start_server(app, "127.0.0.1", port)
+
+
+def test_default_render_metrics_negotiates() -> None:
+    render = xweb.default_render_metrics(make_registry())
+    body, content_type = render("")
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    om_body, om_type = render("application/openmetrics-text")
+    assert om_type.startswith("application/openmetrics-text")
+    assert om_body.endswith(b"# EOF\n")
+    assert body != om_body

@@ -1,0 +1,362 @@
+"""exporter-toolkit web config: real TLS and basic auth on 127.0.0.1, and clear errors for bad files."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcrypt
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from exporter import web as xweb
+from exporter.webconfig import WebConfig, load_web_config
+
+PASSWORD = "correct horse battery staple"
+# Cost 4 (bcrypt's minimum) keeps the tests fast; production hashes use 10-12.
+TLS_BASE = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+@dataclass
+class Pki:
+    dir: Path
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def _issue(
+    subject: str,
+    issuer_name: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    usage: x509.ObjectIdentifier | None = None,
+) -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        ).add_extension(x509.ExtendedKeyUsage([usage or ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    d = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_cert = _issue("test CA", _name("test CA"), ca_key, ca_key, ca=True)
+    (d / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    for who, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _issue(who, ca_cert.subject, ca_key, key, ca=False, usage=usage)
+        (d / f"{who}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(d / f"{who}.key", key)
+    return Pki(d, d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key")
+
+
+def write_config(directory: Path, text: str, name: str = "web.yml") -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+@asynccontextmanager
+async def serve(config: WebConfig) -> AsyncIterator[str]:
+    app = xweb.create_app(
+        render_metrics=lambda accept: (b"up 1\n", "text/plain; version=0.0.4; charset=utf-8"),
+        status=lambda: {"state": "PRIMARY_ACTIVE"},
+        ready=lambda: True,
+        web_config=config,
+    )
+    # No ssl_context given: start_server takes it from the app's web config.
+    runner = await xweb.start_server(app, "127.0.0.1", 0)
+    scheme = "https" if config.tls is not None else "http"
+    try:
+        yield f"{scheme}://127.0.0.1:{xweb.bound_port(runner)}"
+    finally:
+        await xweb.stop_server(runner)
+
+
+def client_context(pki: Pki, *, with_cert: bool = False) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    if with_cert:
+        ctx.load_cert_chain(pki.client_cert, pki.client_key)
+    return ctx
+
+
+# --------------------------------------------------------------------------------------------------
+# TLS + basic auth over real sockets.
+
+
+async def test_tls_and_basic_auth(pki: Pki) -> None:
+    # Relative paths resolve against the config file's directory, not the working directory.
+    path = write_config(
+        pki.dir,
+        f"""
+tls_server_config:
+  cert_file: server.crt
+  key_file: server.key
+basic_auth_users:
+  prometheus: {HASH}
+""",
+    )
+    config = load_web_config(path)
+    assert config.tls is not None
+    assert config.tls.cert_file == pki.server_cert
+    async with serve(config) as base, httpx.AsyncClient(verify=client_context(pki), timeout=5) as c:
+        for endpoint in ("/metrics", "/readyz", "/status", "/", "/nope"):
+            r = await c.get(base + endpoint)
+            assert r.status_code == 401, endpoint
+            assert r.headers["www-authenticate"] == 'Basic realm="alpaca-exporter"'
+        r = await c.get(base + "/metrics", auth=("prometheus", PASSWORD))
+        assert (r.status_code, r.text) == (200, "up 1\n")
+        r = await c.get(base + "/status", auth=("prometheus", PASSWORD))
+        assert r.json() == {"state": "PRIMARY_ACTIVE"}
+        # Second request with the same credentials is served from the cache of good checks.
+        assert (await c.get(base + "/readyz", auth=("prometheus", PASSWORD))).status_code == 200
+        assert (await c.get(base + "/nope", auth=("prometheus", PASSWORD))).status_code == 404
+        assert (await c.get(base + "/metrics", auth=("prometheus", "wrong"))).status_code == 401
+        assert (await c.get(base + "/metrics", auth=("prometheus", PASSWORD + "x"))).status_code == 401
+        assert (await c.get(base + "/metrics", auth=("nobody", PASSWORD))).status_code == 401
+        assert (await c.get(base + "/metrics", auth=("prometheus", "p" * 100))).status_code == 401
+        for header in ("Basic !!!notbase64", "Bearer abc", "Basic " + "dXNlcm5vY29sb24=", "Basic"):
+            r = await c.get(base + "/metrics", headers={"Authorization": header})
+            assert r.status_code == 401, header
+        # Liveness stays open for probes that carry no credentials.
+        r = await c.get(base + "/healthz")
+        assert (r.status_code, r.text) == (200, "ok\n")
+    # The certificate is not trusted by default, and plain HTTP does not get through.
+    async with serve(config) as base, httpx.AsyncClient(timeout=5) as c:
+        with pytest.raises(httpx.ConnectError):
+            await c.get(base + "/healthz")
+        with pytest.raises(httpx.HTTPError):
+            await c.get(base.replace("https://", "http://") + "/healthz")
+
+
+async def test_cached_check_is_fast_and_wrong_password_is_not_cached(pki: Pki) -> None:
+    slow_hash = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+    config = load_web_config(write_config(pki.dir, f"basic_auth_users:\n  u: '{slow_hash}'\n", "slow.yml"))
+    async with serve(config) as base, httpx.AsyncClient(timeout=5) as c:
+        t0 = time.perf_counter()
+        assert (await c.get(base + "/metrics", auth=("u", PASSWORD))).status_code == 200
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(5):
+            assert (await c.get(base + "/metrics", auth=("u", PASSWORD))).status_code == 200
+        cached = (time.perf_counter() - t0) / 5
+        assert (await c.get(base + "/metrics", auth=("u", "bad"))).status_code == 401
+        assert (await c.get(base + "/metrics", auth=("u", PASSWORD))).status_code == 200
+    assert cached < first / 3, (first, cached)
+
+
+async def test_basic_auth_without_tls_warns(pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    config = load_web_config(write_config(pki.dir, f"basic_auth_users:\n  prometheus: {HASH}\n", "plain.yml"))
+    assert config.tls is None
+    assert any("without TLS" in r.message for r in caplog.records)
+    async with serve(config) as base, httpx.AsyncClient(timeout=5) as c:
+        assert (await c.get(base + "/metrics")).status_code == 401
+        assert (await c.get(base + "/metrics", auth=("prometheus", PASSWORD))).status_code == 200
+
+
+async def test_tls_only_needs_no_credentials(pki: Pki) -> None:
+    config = load_web_config(
+        write_config(
+            pki.dir, f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: {pki.server_key}\n", "t.yml"
+        )
+    )
+    assert config.basic_auth_users == {}
+    async with serve(config) as base, httpx.AsyncClient(verify=client_context(pki), timeout=5) as c:
+        assert (await c.get(base + "/metrics")).text == "up 1\n"
+
+
+async def test_mutual_tls(pki: Pki) -> None:
+    config = load_web_config(
+        write_config(
+            pki.dir,
+            """
+tls_server_config:
+  cert_file: server.crt
+  key_file: server.key
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: ca.crt
+  min_version: TLS12
+  max_version: TLS13
+""",
+            "mtls.yml",
+        )
+    )
+    async with serve(config) as base:
+        async with httpx.AsyncClient(verify=client_context(pki, with_cert=True), timeout=5) as c:
+            assert (await c.get(base + "/metrics")).status_code == 200
+        async with httpx.AsyncClient(verify=client_context(pki), timeout=5) as c:
+            with pytest.raises(httpx.HTTPError):
+                await c.get(base + "/metrics")
+
+
+async def test_min_version_enforced(pki: Pki) -> None:
+    config = load_web_config(
+        write_config(
+            pki.dir,
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS13\n",
+            "v.yml",
+        )
+    )
+    old_client = client_context(pki)
+    old_client.maximum_version = ssl.TLSVersion.TLSv1_2
+    async with serve(config) as base:
+        async with httpx.AsyncClient(verify=old_client, timeout=5) as c:
+            with pytest.raises(httpx.ConnectError):
+                await c.get(base + "/healthz")
+        async with httpx.AsyncClient(verify=client_context(pki), timeout=5) as c:
+            assert (await c.get(base + "/healthz")).status_code == 200
+
+
+def test_empty_file_means_no_protection(tmp_path: Path) -> None:
+    config = load_web_config(write_config(tmp_path, ""))
+    assert config.tls is None
+    assert config.basic_auth_users == {}
+    assert config.ssl_context() is None
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad files: one ValueError naming the file and the problem.
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("tls_server_config: [\n", "invalid YAML at line"),
+        ("- a\n- b\n", "the document must be a mapping"),
+        ("tls_server_config:\n  cert_file: server.crt\n", "tls_server_config.key_file is required"),
+        ("tls_server_config:\n  cert_file: missing.crt\n  key_file: server.key\n", "missing.crt does not exist"),
+        ("tls_server_config:\n  cert_file: server.crt\n  key_file: 12\n", "key_file must be a file path"),
+        ("tls_server_config: yes\n", "tls_server_config must be a mapping"),
+        ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS14\n", "min_version"),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: Sometimes\n",
+            "client_auth_type 'Sometimes' is not one of",
+        ),
+        (
+            TLS_BASE + "  client_auth_type: RequestClientCert\n",
+            "RequestClientCert is not supported",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
+            "  client_auth_type: RequireAndVerifyClientCert\n",
+            "needs client_ca_file",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_ca_file: ca.crt\n",
+            "client_ca_file is set without a client_auth_type",
+        ),
+        (
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  cipher_suites: [x]\n",
+            "not supported",
+        ),
+        ("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  cert_fiel: x\n", "unknown key"),
+        ("basic_auth_users:\n  prometheus: plaintext-password\n", "basic_auth_users.prometheus is not a bcrypt hash"),
+        ("basic_auth_users:\n  prometheus: 12345\n", "is not a bcrypt hash"),
+        (f"basic_auth_users:\n  123: {HASH}\n", "user name 123 must be a non-empty string"),
+        (f"basic_auth_users:\n  'a:b': {HASH}\n", "must not contain ':'"),
+        ("basic_auth_users: [a]\n", "basic_auth_users must be a mapping"),
+        ("basic_auth: {}\n", "unknown key basic_auth (known: basic_auth_users, http_server_config, tls_server_config)"),
+        ("http_server_config:\n  headers: {X: y}\n", "http_server_config.headers is not supported"),
+    ],
+)
+def test_bad_config_errors(pki: Pki, text: str, message: str) -> None:
+    path = write_config(pki.dir, text, "bad.yml")
+    with pytest.raises(ValueError, match=r"web config .*bad\.yml: ") as info:
+        load_web_config(path)
+    assert message in str(info.value)
+    assert "plaintext-password" not in str(info.value)  # a mistaken plaintext password is never echoed
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"nope\.yml: cannot read: No such file"):
+        load_web_config(tmp_path / "nope.yml")
+    (tmp_path / "latin1.yml").write_bytes(b"basic_auth_users:\n  j\xe9r\xf4me: x\n")
+    with pytest.raises(ValueError, match=r"latin1\.yml: cannot read: not UTF-8"):
+        load_web_config(tmp_path / "latin1.yml")
+
+
+def test_mismatched_key_and_garbage_cert(pki: Pki, tmp_path: Path) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    _write_key(tmp_path / "other.key", other)
+    path = write_config(
+        tmp_path, f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: other.key\n", "mismatch.yml"
+    )
+    with pytest.raises(ValueError, match="cannot load cert_file"):
+        load_web_config(path)
+    (tmp_path / "garbage.crt").write_text("not a certificate\n")
+    path = write_config(
+        tmp_path, f"tls_server_config:\n  cert_file: garbage.crt\n  key_file: {pki.server_key}\n", "garbage.yml"
+    )
+    with pytest.raises(ValueError, match="cannot load cert_file"):
+        load_web_config(path)
+
+
+def test_http2_flag_accepted(tmp_path: Path) -> None:
+    assert load_web_config(write_config(tmp_path, "http_server_config:\n  http2: false\n")).tls is None
+
+
+@pytest.mark.parametrize("prefix", ["$2a$", "$2b$", "$2y$"])
+def test_bcrypt_variants_accepted(tmp_path: Path, prefix: str) -> None:
+    variant = prefix + HASH[4:]
+    config = load_web_config(write_config(tmp_path, f"basic_auth_users:\n  u: '{variant}'\n"))
+    assert bcrypt.checkpw(PASSWORD.encode(), config.basic_auth_users["u"])
