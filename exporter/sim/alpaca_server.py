@@ -47,7 +47,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from exporter.sim.alpaca_codec import Encoding, Item, decode_frame, encode
-from exporter.sim.market import Market
+from exporter.sim.market import Market, MinuteBar
 
 __all__ = [
     "ERROR_MESSAGES",
@@ -155,24 +155,10 @@ class Feed(list[str | bytes]):
         return sum(self.counts.values())
 
 
-@dataclass(slots=True)
-class _BarAcc:
-    start: int  # Unix seconds of the period start
-    o: float
-    h: float
-    l: float  # noqa: E741 - OHLC naming
-    c: float
-    v: int = 0
-    n: int = 0
-    notional: float = 0.0
+class _BarAcc(MinuteBar):
+    """A bar built from the trades one session was sent, rendered as a `b`/`u`/`d` item."""
 
-    def add(self, price: float, size: int) -> None:
-        self.h = max(self.h, price)
-        self.l = min(self.l, price)
-        self.c = price
-        self.v += size
-        self.n += 1
-        self.notional += price * size
+    __slots__ = ()
 
     def item(self, kind: str, symbol: str) -> Item:
         vw = round(self.notional / self.v, 4) if self.v else self.c

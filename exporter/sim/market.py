@@ -30,6 +30,15 @@ class MinuteBar:
     def vw(self) -> float:
         return self.notional / self.v if self.v else self.c
 
+    def add(self, price: float, size: int) -> None:
+        """One trade into the bar."""
+        self.h = max(self.h, price)
+        self.l = min(self.l, price)
+        self.c = price
+        self.v += size
+        self.n += 1
+        self.notional += price * size
+
 
 @dataclass(slots=True)
 class _Walk:
@@ -121,22 +130,12 @@ class Market:
                 walk.closed_bars.append(bar)
                 del walk.closed_bars[:-5]
             bar = walk.bar = MinuteBar(minute, price, price, price, price)
-        bar.h = max(bar.h, price)
-        bar.l = min(bar.l, price)
-        bar.c = price
-        bar.v += size
-        bar.n += 1
-        bar.notional += price * size
+        bar.add(price, size)
         day = walk.day_bar
         day_start = int(t) - int(t) % 86_400
         if day is None or day.start != day_start:
             day = walk.day_bar = MinuteBar(day_start, price, price, price, price)
-        day.h = max(day.h, price)
-        day.l = min(day.l, price)
-        day.c = price
-        day.v += size
-        day.n += 1
-        day.notional += price * size
+        day.add(price, size)
         return price, size, walk.trade_id
 
     def pop_closed_bars(self, symbol: str) -> list[MinuteBar]:
