@@ -199,6 +199,9 @@ class AlpacaClient:
         # Per-connection episode counters, summarised in one log line when the connection ends.
         self._decode_errors = 0
         self._error_logged: set[int] = set()
+        # The current outage episode: failed attempts since the last healthy connection.
+        self._episode_failures = 0
+        self._episode_started: float | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -350,6 +353,7 @@ class AlpacaClient:
         assert isinstance(ack, SubscriptionAck)
         self._on_ack(ack)
         self._set_state("Connected", "subscribed")
+        outage = None if self._episode_started is None else round(self._clock() - self._episode_started, 3)
         log.info(
             "alpaca stream connected",
             extra={
@@ -358,8 +362,12 @@ class AlpacaClient:
                 "symbols": len(self._subscribed),
                 "attempt": self._attempts,
                 "handshake_seconds": round(self._clock() - started, 4),
+                "failed_attempts": self._episode_failures,
+                "outage_seconds": outage,
             },
         )
+        self._episode_failures = 0
+        self._episode_started = None
         return self._clock()
 
     async def _expect(self, ws: ClientConnection, wanted: Callable[[Control], bool], step: str) -> Control:
@@ -484,8 +492,14 @@ class AlpacaClient:
 
     def _log_ended(self, ended: _Ended, delay: float) -> None:
         fatal = ended.policy is Policy.FATAL
+        # One line per episode: the first failure (and every fatal one, which waits minutes) is a
+        # warning or an error; the retries of an ongoing outage are DEBUG, summed up when it ends.
+        self._episode_failures += 1
+        if self._episode_started is None:
+            self._episode_started = self._clock()
+        first = self._episode_failures == 1
         log.log(
-            logging.ERROR if fatal else logging.WARNING,
+            logging.ERROR if fatal else (logging.WARNING if first else logging.DEBUG),
             "alpaca connection ended; retrying slowly" if fatal else "alpaca connection ended",
             extra={
                 "reason": ended.reason,
