@@ -109,7 +109,8 @@ class FallbackPrice:
 
 @dataclass(frozen=True, slots=True)
 class FallbackPoll:
-    """One poll request finished. ``ok`` when it produced a usable answer (a price, or a symbol's no-data).
+    """One poll request finished. ``ok`` only when it produced a fresh price: a Yahoo that answers without
+    usable prices (null, stale) must not keep the fallback healthy.
 
     ``period_s`` is the poll period in force (standby or active), which bounds how long a success keeps
     the fallback healthy (three periods). ``error`` is one of YAHOO_ERROR_TYPES when not ok.
