@@ -91,3 +91,32 @@ async def test_endpoints_and_metrics_content_negotiation(stack_factory: Any) -> 
         assert om.text.rstrip().endswith("# EOF")
         landing = await http.get(stack.base + "/")
         assert "/metrics" in landing.text
+
+
+async def test_a_crashing_task_is_logged_counted_and_restarted(
+    stack_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with stack_factory() as stack:
+        await stack.wait_state(State.PRIMARY_ACTIVE)
+        calls = 0
+        restarted = asyncio.Event()
+
+        async def flaky() -> None:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("boom")
+            restarted.set()
+            await asyncio.Event().wait()
+
+        supervised = asyncio.create_task(stack.daemon._supervise("probe", flaky))
+        try:
+            await asyncio.wait_for(restarted.wait(), 5)
+        finally:
+            supervised.cancel()
+            await asyncio.gather(supervised, return_exceptions=True)
+        assert stack.daemon.task_restarts["probe"] == 1
+        crash = [r for r in caplog.records if "task probe crashed" in r.getMessage()]
+        assert len(crash) == 1 and crash[0].exc_info is not None
+        # The rest of the daemon never noticed.
+        assert stack.daemon.core.state is State.PRIMARY_ACTIVE
