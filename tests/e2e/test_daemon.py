@@ -117,6 +117,7 @@ async def test_a_crashing_task_is_logged_counted_and_restarted(
             await asyncio.gather(supervised, return_exceptions=True)
         assert stack.daemon.task_restarts["probe"] == 1
         crash = [r for r in caplog.records if "task probe crashed" in r.getMessage()]
-        assert len(crash) == 1 and crash[0].exc_info is not None
+        assert len(crash) == 1
+        assert crash[0].exc_info is not None
         # The rest of the daemon never noticed.
         assert stack.daemon.core.state is State.PRIMARY_ACTIVE

@@ -34,8 +34,10 @@ async def test_simulate_prints_both_servers_and_serves_them() -> None:
         assert proc.stdout is not None
         first = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().split()
         second = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode().split()
-        assert first[0] == "alpaca" and first[1].startswith("ws://127.0.0.1:")
-        assert second[0] == "yahoo" and second[1].startswith("http://127.0.0.1:")
+        assert first[0] == "alpaca"
+        assert first[1].startswith("ws://127.0.0.1:")
+        assert second[0] == "yahoo"
+        assert second[1].startswith("http://127.0.0.1:")
 
         async with connect(first[1] + "/v2/iex") as ws:
             assert json.loads(await ws.recv()) == [{"T": "success", "msg": "connected"}]
@@ -50,7 +52,8 @@ async def test_simulate_prints_both_servers_and_serves_them() -> None:
             assert json.loads(await ws.recv()) == [{"T": "success", "msg": "authenticated"}]
             await ws.send(json.dumps({"action": "subscribe", "trades": ["AAPL"]}))
             ack = json.loads(await ws.recv())[0]
-            assert ack["T"] == "subscription" and ack["trades"] == ["AAPL"]
+            assert ack["T"] == "subscription"
+            assert ack["trades"] == ["AAPL"]
             async with asyncio.timeout(5):
                 while True:
                     items = json.loads(await ws.recv())
