@@ -21,14 +21,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.core.clock import Clock, SystemClock
 from exporter.core.events import Event, PrimaryData, Tick
 from exporter.core.router import BreakerTripped, Core, CoreConfig, PrimaryStale, State, Transition
 from exporter.logs import add_secrets, configure_logging, install_excepthook
-from exporter.metrics import build_registry
+from exporter.metrics import build_registry, render_metrics
 from exporter.settings import Settings
 from exporter.sources.alpaca.client import AlpacaClient, AlpacaClientConfig
 from exporter.sources.yahoo import YahooPoller, YahooPollerConfig
@@ -40,6 +39,7 @@ app_log = logging.getLogger("exporter.app")
 
 TICK_SECONDS = 0.25
 SHUTDOWN_BUDGET_SECONDS = 4.0
+CLOCK_STEP_SECONDS = 1.0  # wall time moving this much against monotonic time within one tick is a step
 
 
 def core_config(settings: Settings) -> CoreConfig:
@@ -216,9 +216,21 @@ class Daemon:
             self.yahoo.set_active(t.new is not State.PRIMARY_ACTIVE)
 
     async def _tick(self) -> None:
+        clock = self.clock
+        offset = clock.wall_ns() / 1e9 - clock.monotonic()
         while True:
             await asyncio.sleep(TICK_SECONDS)
             self.queue.put(Tick())
+            # A wall-clock step (NTP correction, VM resume) moves every message's age at once: timers run
+            # on monotonic time and do not notice, but validation does, so say it once per step.
+            now_offset = clock.wall_ns() / 1e9 - clock.monotonic()
+            if abs(now_offset - offset) > CLOCK_STEP_SECONDS:
+                app_log.warning(
+                    "wall clock stepped by %+.1fs; message ages are judged against the new time",
+                    now_offset - offset,
+                    extra={"event": "clock_step", "step_seconds": round(now_offset - offset, 3)},
+                )
+            offset = now_offset
 
     # ---- supervision ------------------------------------------------------------------------------
     async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
@@ -248,8 +260,9 @@ class Daemon:
 
     # ---- endpoints ---------------------------------------------------------------------------------
     def render_metrics(self, accept: str) -> tuple[bytes, str]:
-        encoder, content_type = choose_encoder(accept)
-        return encoder(self.registry), content_type
+        # The focused renderer for our own registry (same bytes as the library's encoders, 7-14x less
+        # CPU at 500 symbols: docs/performance.md); an injected plain registry gets the library's.
+        return render_metrics(self.registry, accept)
 
     def status(self) -> dict[str, Any]:
         status = self.core.status()

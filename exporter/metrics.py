@@ -14,15 +14,19 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import cast
+from functools import partial
+from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.exposition import UNDERSCORES
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _float_to_go
 
@@ -177,12 +181,95 @@ def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histo
 QueueStats = Callable[[], tuple[int, int]]
 
 
+# --------------------------------------------------------------------------------------------------
+# The focused renderer. prometheus_client's generic exposition builds a Sample namedtuple with a labels
+# dict per sample and formats each through sorted(), str.format and floatToGoString: ≈ 60 ms for the
+# ≈ 7k samples of 500 symbols (docs/performance.md). The per-symbol families are written here straight
+# from the core's arrays instead — same bytes, proven against the library's encoders in
+# tests/test_metrics_render.py; every other family (a few dozen samples) still goes through them.
+
+
+def _escape_label_value(value: str) -> str:
+    """The library's label-value escaping (text 0.0.4 and OpenMetrics alike)."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _count_text(n: int) -> str:
+    """``floatToGoString(float(n))`` for a count: ``"<n>.0"`` while Go would not switch to an exponent."""
+    return f"{n}.0" if 0 <= n < 1_000_000 else floatToGoString(float(n))
+
+
+def _float_text(d: float) -> str:
+    """``floatToGoString(d)``: ``repr`` unless it is inf/nan or Go would use an exponent."""
+    s = repr(d)
+    if "n" in s or (d > 0 and s.find(".") > 6):
+        return floatToGoString(d)
+    return s
+
+
+class _SymbolFamily:
+    """A per-symbol family: as a ``Metric`` for the library's encoders, or rendered directly.
+
+    ``lines()`` yields the sample lines (labels already in the library's sorted order); ``metric()``
+    builds the same samples as a family object. Both read the same snapshot.
+    """
+
+    __slots__ = ("lines", "metric", "spec")
+
+    def __init__(self, spec: Spec, metric: Callable[[], Metric], lines: Callable[[], Iterable[str]]) -> None:
+        self.spec = spec
+        self.metric = metric
+        self.lines = lines
+
+    def render(self, openmetrics: bool) -> str:
+        spec = self.spec
+        doc = spec.help.replace("\\", r"\\").replace("\n", r"\n")
+        if openmetrics:
+            doc = doc.replace('"', r"\"")
+            name = _family_name(spec)  # OpenMetrics types the family (no _total)
+        else:
+            name = spec.name  # text 0.0.4 types the counter's sample name
+        return f"# HELP {name} {doc}\n# TYPE {name} {spec.type}\n" + "".join(self.lines())
+
+
+class _OneFamily:
+    """A collector of one family, so the library's encoders can render it alone."""
+
+    __slots__ = ("family",)
+
+    def __init__(self, family: Metric) -> None:
+        self.family = family
+
+    def collect(self) -> Iterator[Metric]:
+        yield self.family
+
+
+_EOF = "# EOF\n"
+
+
+# The OpenMetrics encoder is untyped in the library.
+_generate_openmetrics = cast(Callable[[Any], bytes], generate_openmetrics)
+
+
+def _render_generic(collector: Any, openmetrics: bool) -> str:
+    if openmetrics:
+        return _generate_openmetrics(collector).decode("utf-8").removesuffix(_EOF)
+    return generate_latest(collector).decode("utf-8")
+
+
 class CoreCollector(Collector):
-    """Projects a ``Core`` onto the catalogue. ``queue_stats`` returns (frames waiting, frames dropped)."""
+    """Projects a ``Core`` onto the catalogue. ``queue_stats`` returns (frames waiting, frames dropped).
+
+    ``collect()`` serves the client library's encoders; ``render()`` writes the same exposition with the
+    per-symbol families rendered directly (the daemon's /metrics).
+    """
 
     def __init__(self, core: Core, queue_stats: QueueStats | None = None) -> None:
         self.core = core
         self.queue_stats = queue_stats
+        self._labels: dict[str, str] = {}  # symbol label -> escaped, bounded by the series cap + symbols
+        # symbol label -> the latency histogram's line prefixes (buckets..., count, sum), same bound
+        self._latency_prefixes: dict[str, tuple[str, ...]] = {}
 
     def describe(self) -> Iterable[Metric]:
         # Describing is cheap here (no collect): registration stays O(1) and name clashes still show.
@@ -195,8 +282,31 @@ class CoreCollector(Collector):
                 yield GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
 
     def collect(self) -> Iterator[Metric]:
+        for item in self._families():
+            yield item.metric() if isinstance(item, _SymbolFamily) else item
+
+    def render(self, openmetrics: bool = False) -> str:
+        """Exactly what the library's text 0.0.4 (or OpenMetrics, without ``# EOF``) encoder renders for
+        ``collect()``."""
+        parts = []
+        for item in self._families():
+            if isinstance(item, _SymbolFamily):
+                parts.append(item.render(openmetrics))
+            else:
+                parts.append(_render_generic(_OneFamily(item), openmetrics))
+        return "".join(parts)
+
+    def _label(self, value: str) -> str:
+        escaped = self._labels.get(value)
+        if escaped is None:
+            escaped = self._labels[value] = _escape_label_value(value)
+        return escaped
+
+    def _families(self) -> Iterator[Metric | _SymbolFamily]:
         core = self.core
         now = core.clock.monotonic()
+        label = self._label
+        all_series = (*core.series.values(), core.other)
 
         f = _gauge("alpaca_connection_status")
         for conn in CONN_STATES:
@@ -206,24 +316,58 @@ class CoreCollector(Collector):
         f.add_metric([], 1.0 if core.authenticated else 0.0)
         yield f
 
-        c = _counter("alpaca_messages_received_total")
-        c.add_metric(["control", ""], float(core.control_received))
-        for series in (*core.series.values(), core.other):
-            for i, n in enumerate(series.received):
-                if n:
-                    c.add_metric([MESSAGE_TYPES[i], series.label], float(n))
-        yield c
+        def received_metric() -> Metric:
+            c = _counter("alpaca_messages_received_total")
+            c.add_metric(["control", ""], float(core.control_received))
+            for series in all_series:
+                for i, n in enumerate(series.received):
+                    if n:
+                        c.add_metric([MESSAGE_TYPES[i], series.label], float(n))
+            return c
+
+        def received_lines() -> Iterator[str]:
+            name = "alpaca_messages_received_total"
+            yield f'{name}{{symbol="",type="control"}} {_count_text(core.control_received)}\n'
+            for series in all_series:
+                lab = label(series.label)
+                for i, n in enumerate(series.received):
+                    if n:
+                        yield f'{name}{{symbol="{lab}",type="{MESSAGE_TYPES[i]}"}} {_count_text(n)}\n'
+
+        yield _SymbolFamily(SPECS["alpaca_messages_received_total"], received_metric, received_lines)
 
         c = _counter("alpaca_errors_total")
         for kind, n in core.errors.items():
             c.add_metric([kind], float(n))
         yield c
 
-        h = _histogram("alpaca_message_latency_seconds")
-        for series in (*core.series.values(), core.other):
-            if any(series.latency.counts):
-                _add_histogram(h, [series.label], series.latency)
-        yield h
+        def latency_metric() -> Metric:
+            h = _histogram("alpaca_message_latency_seconds")
+            for series in all_series:
+                if any(series.latency.counts):
+                    _add_histogram(h, [series.label], series.latency)
+            return h
+
+        def latency_lines() -> list[str]:
+            out: list[str] = []
+            append = out.append
+            prefixes = self._latency_prefixes
+            for series in all_series:
+                hist = series.latency
+                if not any(hist.counts):
+                    continue
+                p = prefixes.get(series.label)
+                if p is None:
+                    p = prefixes[series.label] = _latency_prefixes(label(series.label), hist.bounds)
+                cumulative = 0
+                for prefix, n in zip(p, hist.counts, strict=False):
+                    cumulative += n
+                    append(prefix + (f"{cumulative}.0\n" if cumulative < 1_000_000 else _count_text(cumulative) + "\n"))
+                count = f"{cumulative}.0" if cumulative < 1_000_000 else _count_text(cumulative)
+                append(f"{p[-2]}{count}\n{p[-1]}{_float_text(hist.sum)}\n")
+            return out
+
+        yield _SymbolFamily(SPECS["alpaca_message_latency_seconds"], latency_metric, latency_lines)
         h = _histogram("alpaca_streaming_processing_duration_ms")
         _add_histogram(h, [], core.processing_ms)
         yield h
@@ -249,35 +393,81 @@ class CoreCollector(Collector):
             c.add_metric([reason], float(n))
         yield c
 
-        delta = _gauge("datasource_router_price_delta_percent")
-        last = _gauge("datasource_router_last_price")
-        updated = _gauge("datasource_router_last_update_timestamp_seconds")
+        # The per-symbol gauges, read once: (symbol, price delta, [(source, last price)], last update).
+        rows: list[tuple[str, float | None, list[tuple[str, float]], float]] = []
         for symbol, st in core.symbols.items():
             if st.series is None:
                 continue  # past the label cap: gauges of many symbols cannot share one series
-            d = core.price_delta_percent(st)
-            if d is not None:
-                delta.add_metric([symbol], d)
-            for source in SOURCES:
-                p = st.last_price.get(source)
-                if p is not None:
-                    last.add_metric([symbol, source], p)
-            if st.routed_wall:
-                updated.add_metric([symbol], st.routed_wall)
-        yield delta
+            prices = [(source, p) for source in SOURCES if (p := st.last_price.get(source)) is not None]
+            rows.append((symbol, core.price_delta_percent(st), prices, st.routed_wall))
 
-        c = _counter("datasource_router_circuit_breaker_total")
-        for series in (*core.series.values(), core.other):
-            if series.breaker_trips:
-                c.add_metric([series.label, "price_movement_exceeded"], float(series.breaker_trips))
-        yield c
+        def delta_metric() -> Metric:
+            g = _gauge("datasource_router_price_delta_percent")
+            for symbol, d, _, _ in rows:
+                if d is not None:
+                    g.add_metric([symbol], d)
+            return g
+
+        def delta_lines() -> Iterator[str]:
+            name = "datasource_router_price_delta_percent"
+            for symbol, d, _, _ in rows:
+                if d is not None:
+                    yield f'{name}{{symbol="{label(symbol)}"}} {_float_text(d)}\n'
+
+        yield _SymbolFamily(SPECS["datasource_router_price_delta_percent"], delta_metric, delta_lines)
+
+        def breaker_metric() -> Metric:
+            c = _counter("datasource_router_circuit_breaker_total")
+            for series in all_series:
+                if series.breaker_trips:
+                    c.add_metric([series.label, "price_movement_exceeded"], float(series.breaker_trips))
+            return c
+
+        def breaker_lines() -> Iterator[str]:
+            name = "datasource_router_circuit_breaker_total"
+            for series in all_series:
+                if series.breaker_trips:
+                    yield (
+                        f'{name}{{reason="price_movement_exceeded",symbol="{label(series.label)}"}} '
+                        f"{_count_text(series.breaker_trips)}\n"
+                    )
+
+        yield _SymbolFamily(SPECS["datasource_router_circuit_breaker_total"], breaker_metric, breaker_lines)
 
         c = _counter("datasource_router_state_duration_seconds_total")
         for state, seconds in core.state_durations().items():
             c.add_metric([state.name], seconds)
         yield c
-        yield last
-        yield updated
+
+        def last_metric() -> Metric:
+            g = _gauge("datasource_router_last_price")
+            for symbol, _, prices, _ in rows:
+                for source, p in prices:
+                    g.add_metric([symbol, source], p)
+            return g
+
+        def last_lines() -> Iterator[str]:
+            name = "datasource_router_last_price"
+            for symbol, _, prices, _ in rows:
+                for source, p in prices:
+                    yield f'{name}{{source="{source}",symbol="{label(symbol)}"}} {_float_text(p)}\n'
+
+        yield _SymbolFamily(SPECS["datasource_router_last_price"], last_metric, last_lines)
+
+        def updated_metric() -> Metric:
+            g = _gauge("datasource_router_last_update_timestamp_seconds")
+            for symbol, _, _, wall in rows:
+                if wall:
+                    g.add_metric([symbol], wall)
+            return g
+
+        def updated_lines() -> Iterator[str]:
+            name = "datasource_router_last_update_timestamp_seconds"
+            for symbol, _, _, wall in rows:
+                if wall:
+                    yield f'{name}{{symbol="{label(symbol)}"}} {_float_text(wall)}\n'
+
+        yield _SymbolFamily(SPECS["datasource_router_last_update_timestamp_seconds"], updated_metric, updated_lines)
 
         f = _gauge("dependency_up")
         f.add_metric([PRIMARY], 1.0 if core.primary_healthy(now) else 0.0)
@@ -311,12 +501,78 @@ class CoreCollector(Collector):
         yield c
 
 
-def build_registry(core: Core, queue_stats: QueueStats | None = None) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=True)
+def _latency_prefixes(label: str, bounds: tuple[float, ...]) -> tuple[str, ...]:
+    name = "alpaca_message_latency_seconds"
+    les = (*(floatToGoString(b) for b in bounds), "+Inf")
+    return (
+        *(f'{name}_bucket{{le="{le}",symbol="{label}"}} ' for le in les),
+        f'{name}_count{{symbol="{label}"}} ',
+        f'{name}_sum{{symbol="{label}"}} ',
+    )
+
+
+class ExporterRegistry(CollectorRegistry):
+    """A private registry that renders /metrics with :meth:`CoreCollector.render`'s fast path.
+
+    It remembers the registration order (the order the library's encoders follow), so ``render`` can
+    put the core's families between the process and platform collectors' exactly where they would be.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(auto_describe=True)
+        self._ordered: list[Collector] = []
+
+    def register(self, collector: Collector) -> None:
+        super().register(collector)
+        self._ordered.append(collector)
+
+    def unregister(self, collector: Collector) -> None:
+        super().unregister(collector)
+        self._ordered.remove(collector)
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        """What ``generate_latest(self)`` (or the OpenMetrics encoder's default form) renders."""
+        parts = []
+        for collector in list(self._ordered):
+            if isinstance(collector, CoreCollector):
+                parts.append(collector.render(openmetrics))
+            else:
+                parts.append(_render_generic(collector, openmetrics))
+        if openmetrics:
+            parts.append(_EOF)
+        return "".join(parts).encode("utf-8")
+
+
+def render_metrics(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    """/metrics content negotiation: the library's ``choose_encoder``, with the fast renderer wherever it
+    renders the same bytes (text 0.0.4, and OpenMetrics 1.0.0, with the default name escaping)."""
+    encoder, content_type = choose_encoder(accept)
+    if isinstance(registry, ExporterRegistry):
+        if encoder is generate_latest:
+            return registry.render(openmetrics=False), content_type
+        if isinstance(encoder, partial) and encoder.keywords.get("escaping") == UNDERSCORES:
+            if encoder.func is generate_openmetrics and encoder.keywords.get("version") == "1.0.0":
+                return registry.render(openmetrics=True), content_type
+            if encoder.func is generate_latest:
+                return registry.render(openmetrics=False), content_type
+    return encoder(registry), content_type
+
+
+def build_registry(core: Core, queue_stats: QueueStats | None = None) -> ExporterRegistry:
+    registry = ExporterRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     registry.register(CoreCollector(core, queue_stats))
     return registry
 
 
-__all__ = ["CATALOGUE", "SPECS", "CoreCollector", "Spec", "State", "build_registry"]
+__all__ = [
+    "CATALOGUE",
+    "SPECS",
+    "CoreCollector",
+    "ExporterRegistry",
+    "Spec",
+    "State",
+    "build_registry",
+    "render_metrics",
+]

@@ -31,6 +31,7 @@ source is the active one, otherwise kept as standby data) or rejected with exact
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +72,7 @@ from exporter.core.messages import (
 )
 from exporter.core.stats import (
     DEPENDENCY_BUCKETS,
+    LATENCY_BUCKETS,
     MESSAGE_TYPES,
     OTHER_SYMBOL,
     PROCESSING_MS_BUCKETS,
@@ -81,6 +83,9 @@ from exporter.core.stats import (
     SymbolSeries,
 )
 from exporter.core.validation import check_bar, check_fallback, check_other, check_quote, check_trade
+
+_CLOSED = BreakerState.CLOSED
+_LATENCY_FIRST_BOUND = LATENCY_BUCKETS[0]  # SymbolSeries.latency's buckets
 
 _OTHER_KINDS: dict[type, int] = {
     TradingStatus: K["status"],
@@ -437,11 +442,19 @@ class Core:
         return Transition(prev, new, reason, spent, failover, recovery)
 
     # ---- primary data: the hot path ----------------------------------------------------------------
+    # Measured (docs/performance.md): this loop runs once per market-data message, so it keeps the
+    # per-message work to plain attribute and list operations — no method calls on the common path
+    # (a validated price that agrees with a closed breaker), one validation call per message, counts
+    # aggregated per frame. The common path repeats exactly what ``_admit`` and ``Histogram.observe``
+    # do; everything else goes through them.
     def _primary_data(self, event: PrimaryData, now: float) -> None:
         wall_ns = self.clock.wall_ns()
         wall_s = wall_ns / 1e9
         max_age, skew = self._max_age_ns, self._skew_ns
         symbols = self.symbols
+        other = self.other
+        metrics = self.config.metrics
+        percent = self.config.breaker_percent
         routed_now = self.state is State.PRIMARY_ACTIVE
         rejected = self.rejected
         n_routed = n_standby = n_rejected = n_data = 0
@@ -468,7 +481,8 @@ class Core:
             elif cls is Unknown:
                 assert isinstance(m, Unknown)
                 # Counted as received and rejected, so received = routed + standby + rejected stays exact.
-                self._count_series(m.S).received[K["unknown"]] += 1
+                if metrics:
+                    self._count_series(m.S).received[K["unknown"]] += 1
                 n_data += 1
                 rejected["malformed"] += 1
                 n_rejected += 1
@@ -476,7 +490,8 @@ class Core:
             elif cls is Malformed:
                 assert isinstance(m, Malformed)
                 label = TYPE_LABELS.get(m.T)
-                self._count_series(m.S).received[K[label] if label else K["unknown"]] += 1
+                if metrics:
+                    self._count_series(m.S).received[K[label] if label else K["unknown"]] += 1
                 n_data += 1
                 rejected["malformed"] += 1
                 n_rejected += 1
@@ -490,13 +505,26 @@ class Core:
             n_data += 1
             st = symbols.get(m.S)
             if st is None:
-                self._count_series(m.S).received[k] += 1
+                if metrics:
+                    self._count_series(m.S).received[k] += 1
                 rejected["unknown_symbol"] += 1
                 n_rejected += 1
                 continue
-            (st.series or self.other).received[k] += 1
+            series = st.series or other
+            if metrics:
+                series.received[k] += 1
             if reason is None and price is not None:
-                reason = self._admit(st, PRIMARY, price, now)
+                # _admit's common case inline: record the price as seen; a closed breaker whose
+                # reference agrees accepts it (Breaker.check, CLOSED branch). Anything else: _admit.
+                st.seen_price[PRIMARY] = price
+                st.seen_at[PRIMARY] = now
+                b = st.breaker
+                ref = b.reference
+                if b.state is _CLOSED and (ref is None or abs(price - ref) * 100.0 <= percent * ref):
+                    b.reference = price
+                    st.last_price[PRIMARY] = price
+                else:
+                    reason = self._admit(st, PRIMARY, price, now)
             if reason is not None:
                 rejected[reason] += 1
                 n_rejected += 1
@@ -506,10 +534,18 @@ class Core:
                 if price is not None:
                     st.routed_price = price
                     st.routed_source = PRIMARY
-                if k < 2 or k > 4:
+                if metrics and (k < 2 or k > 4):
                     # Latency of routed messages that carry an event time (bars carry their start time).
+                    # Histogram.observe, inline.
                     lat = wall_s - t_ns / 1e9
-                    (st.series or self.other).latency.observe(lat if lat > 0.0 else 0.0)
+                    hist = series.latency
+                    if 0.0 <= lat <= _LATENCY_FIRST_BOUND:  # the live case: no search needed
+                        hist.counts[0] += 1
+                    else:
+                        if lat < 0.0:
+                            lat = 0.0
+                        hist.counts[bisect_left(hist.bounds, lat)] += 1
+                    hist.sum += lat
                 st.routed_wall = wall_s
             else:
                 n_standby += 1
@@ -521,7 +557,7 @@ class Core:
             self.last_data_at = now
             self.last_data_wall = wall_s
         n = len(event.messages)
-        if n:
+        if n and metrics:
             # Decode-to-routed time of the frame, spread evenly over its messages.
             total_ms = (event.decode_seconds + (self.clock.monotonic() - now)) * 1000.0
             self.processing_ms.observe_n(total_ms / n, n)
@@ -533,7 +569,7 @@ class Core:
         st.seen_at[source] = now
         b = st.breaker
         other_price = None
-        if b.state is not BreakerState.CLOSED and st.seen_at.get(other, -math.inf) >= b.opened_at:
+        if b.state is not _CLOSED and st.seen_at.get(other, -math.inf) >= b.opened_at:
             other_price = st.seen_price.get(other)
         ref = b.reference
         verdict = b.check(

@@ -1,0 +1,68 @@
+"""A smoke run of the benchmark command, so it cannot rot: real workers, real sockets, tiny feeds.
+
+No timing is asserted (figures on a shared test machine mean nothing); what is asserted is that every
+stage ran, every message was counted by the exporter, and the outputs were written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from exporter.bench import Plan, bench_symbols, render_table, run_bench
+
+
+def test_bench_symbols_are_distinct_ticker_like_and_stable() -> None:
+    symbols = bench_symbols(500)
+    assert len(set(symbols)) == 500
+    assert all(s.isalpha() and s.isupper() and 3 <= len(s) <= 4 for s in symbols)
+    assert bench_symbols(500) == symbols
+
+
+def test_smoke_run_writes_table_json_and_charts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = Plan(
+        n_messages=1_000,
+        repetitions=1,
+        scrape_counts=(50,),
+        scrape_renders=2,
+        latency_messages=500,
+        worker_timeout=30.0,
+        quick=True,
+        contenders=("exporter_msgpack", "sdk_raw"),
+    )
+    assert run_bench(quick=True, out=str(tmp_path), plan=plan) == 0
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    exporter = results["contenders"]["exporter_msgpack"]
+    assert exporter["rate_median"] > 0
+    assert exporter["rss_mib_median"] > 0
+    # Every message of the feed went through validation and routing: nothing rejected or dropped.
+    assert exporter["accounting"]["received"] == 1_000
+    assert exporter["accounting"]["routed"] == 1_000
+    assert exporter["rejected"] == {}
+    assert exporter["dropped_frames"] == 0
+    assert results["contenders"]["sdk_raw"]["rate_median"] > 0
+    assert results["ratios"]["msgpack_vs_sdk_raw"]["median"] > 0
+
+    scrape = results["scrape"]["50"]
+    assert scrape["samples"] > 50 * 10  # per-symbol counts, histograms and gauges
+    # Same body fast or generic, give or take the process collector's digits (tests/test_metrics_render.py
+    # proves the bytes equal for a fixed state).
+    assert abs(scrape["text"]["bytes"] - scrape["generic_text"]["bytes"]) < 100
+    assert abs(scrape["openmetrics"]["bytes"] - scrape["generic_openmetrics"]["bytes"]) < 100
+    assert scrape["http_ms"] > 0
+
+    latency = results["latency"]
+    assert latency["processing_us_p99"] >= latency["processing_us_p50"] > 0
+    assert latency["frame_latency_us_p99"] > 0
+    assert {t["name"] for t in results["targets"]} >= {"msgpack_vs_sdk_raw", "rss_mib_500", "p99_processing_us"}
+
+    for chart in ("throughput.png", "scrape.png"):
+        assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = capsys.readouterr().out
+    assert "| exporter, msgpack |" in table
+    assert table.strip() == render_table(results).strip()
+    assert not math.isnan(exporter["rate_median"])
