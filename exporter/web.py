@@ -54,8 +54,9 @@ RenderMetrics = Callable[[str], tuple[bytes, str]]
 
 OPEN_PATHS = ("/healthz",)
 
-# Level 6 compresses a text exposition about as well as 9 at a fraction of the CPU.
-_GZIP_LEVEL = 6
+# Level 1: a 500-symbol exposition (~485 KB) compresses in ~1.3 ms instead of ~4.6 ms at level 6, and the
+# scrape shares the process with ingestion; the body is somewhat larger, which a scrape hardly notices.
+_GZIP_LEVEL = 1
 
 
 def default_render_metrics(registry: CollectorRegistry) -> RenderMetrics:
