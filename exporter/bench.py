@@ -904,6 +904,70 @@ def run_bench(*, quick: bool, out: str | None, plan: Plan | None = None) -> int:
     return 0
 
 
+def run_core_bench(
+    *, messages: int = 1_000_000, symbols: int = 500, batch: int = 100, seed: int = 0
+) -> dict[str, float]:
+    """The pure core alone: synthetic trades for ``symbols`` symbols through validation, breakers, routing and
+    every metric's bookkeeping, then one scrape. No sockets, no decoding: what the core costs per message."""
+    import random
+
+    from exporter.core.clock import SystemClock
+    from exporter.core.events import PrimaryAuthenticated, PrimaryConnection, PrimaryData, PrimarySubscribed
+    from exporter.core.messages import Trade
+    from exporter.core.router import Core, CoreConfig, State
+    from exporter.metrics import build_registry, render_metrics
+
+    names = bench_symbols(symbols)
+    clock = SystemClock()
+    core = Core(CoreConfig(symbols=tuple(names), stale_after_s=0, max_symbol_series=max(500, symbols)), clock)
+    core.handle(PrimaryConnection("Connected"))
+    core.handle(PrimaryAuthenticated(True))
+    core.handle(PrimarySubscribed(frozenset(names)))
+    assert core.state is State.PRIMARY_ACTIVE
+    rng = random.Random(seed)
+    price = {name: 20.0 + rng.random() * 400.0 for name in names}
+    now_ns = clock.wall_ns()
+    frames: list[PrimaryData] = []
+    for start in range(0, messages, batch):
+        frame = []
+        for _ in range(min(batch, messages - start)):
+            name = names[rng.randrange(symbols)]
+            price[name] *= 1.0 + rng.gauss(0.0, 0.0005)
+            frame.append(Trade(S=name, p=round(price[name], 2), t=now_ns, s=100))
+        frames.append(PrimaryData(frame, clock.monotonic()))
+    handle = core.handle
+    started = time.perf_counter()
+    for frame_event in frames:
+        handle(frame_event)
+    elapsed = time.perf_counter() - started
+    accounting = core.accounting()["alpaca"]
+    assert accounting["received"] == messages, accounting
+    registry = build_registry(core)
+    render_started = time.process_time()
+    body, _ = render_metrics(registry, "text/plain")
+    scrape_ms = (time.process_time() - render_started) * 1000.0
+    return {
+        "messages": float(messages),
+        "symbols": float(symbols),
+        "msgs_per_s": messages / elapsed,
+        "ns_per_msg": elapsed / messages * 1e9,
+        "headroom_vs_100k": messages / elapsed / 100_000.0,
+        "scrape_cpu_ms": scrape_ms,
+        "scrape_bytes": float(len(body)),
+    }
+
+
+def run_core(*, messages: int) -> int:
+    result = run_core_bench(messages=messages)
+    print(
+        f"core: {result['messages']:,.0f} trades, {result['symbols']:.0f} symbols: "
+        f"{result['msgs_per_s']:,.0f} msgs/s, {result['ns_per_msg']:.0f} ns/msg "
+        f"({result['headroom_vs_100k']:.1f}x a 100k msgs/s feed); "
+        f"scrape {result['scrape_cpu_ms']:.1f} ms CPU, {result['scrape_bytes']:,.0f} bytes"
+    )
+    return 0
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m exporter.bench")
     parser.add_argument("--worker", required=True, help="internal: run one contender (JSON spec)")

@@ -1,4 +1,4 @@
-"""Command line: parse, build, hand over. ``alpaca-exporter [run|demo|simulate|check-config|bench]``."""
+"""Command line: parse, build, hand over. ``alpaca-exporter [run|demo|simulate|check-config|bench|soak]``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmark the pipeline against the official SDK (see docs/performance.md)")
     bench.add_argument("--quick", action="store_true", help="a seconds-long smoke run instead of the full benchmark")
     bench.add_argument("--out", default=None, help="directory for the JSON and PNG results")
+    bench.add_argument(
+        "--core", action="store_true", help="only the pure core: synthetic trades for 500 symbols, msgs/s and ns/msg"
+    )
+    bench.add_argument("--messages", type=int, default=1_000_000, help="trades for --core (default 1,000,000)")
+    soak = sub.add_parser(
+        "soak", help="run the demo feed with faults every few seconds and fail on resource growth (docs/reliability.md)"
+    )
+    soak.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
+    soak.add_argument("--fault-every", type=float, default=5.0, help="seconds between injected faults (default 5)")
+    soak.add_argument("--sample-every", type=float, default=None, help="seconds between samples (default: 60 per run)")
+    soak.add_argument("--rate", type=float, default=200.0, help="simulated messages per second (default 200)")
+    soak.add_argument("--out", default=None, help="write the samples and the verdict to this JSON file")
     return parser
 
 
@@ -73,9 +85,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
             return run_simulators(args.host, args.alpaca_port, args.yahoo_port, symbols, rate=args.rate)
         if command == "bench":
+            if args.core:
+                from exporter.bench import run_core
+
+                return run_core(messages=args.messages)
             from exporter.bench import run_bench
 
             return run_bench(quick=args.quick, out=args.out)
+        if command == "soak":
+            from exporter.soak import run_soak
+
+            return run_soak(
+                args.minutes, fault_every=args.fault_every, sample_every=args.sample_every, rate=args.rate, out=args.out
+            )
     except ConfigError as exc:
         return _config_problems(exc.problems)
     except KeyboardInterrupt:

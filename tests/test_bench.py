@@ -66,3 +66,13 @@ def test_smoke_run_writes_table_json_and_charts(tmp_path: Path, capsys: pytest.C
     assert "| exporter, msgpack |" in table
     assert table.strip() == render_table(results).strip()
     assert not math.isnan(exporter["rate_median"])
+
+
+def test_core_bench_smoke() -> None:
+    """`alpaca-exporter bench --core` in miniature: every trade accounted for, figures present."""
+    from exporter.bench import run_core_bench
+
+    result = run_core_bench(messages=2_000, symbols=50)
+    assert result["messages"] == 2_000
+    assert result["msgs_per_s"] > 0
+    assert result["scrape_bytes"] > 0
