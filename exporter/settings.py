@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -225,7 +226,22 @@ class Settings(BaseSettings):
         out["EXPORTER_ALPACA_URL"] = f"{self.stream_url}" + ("" if self.alpaca_url else " (derived from the feed)")
         if self.max_message_age_seconds is None:
             out["EXPORTER_MAX_MESSAGE_AGE_SECONDS"] = f"{self.message_max_age_seconds:g} (default for the feed)"
-        return out
+        # Credentials can hide in other values too (user:password@ in a URL, a key pasted into a query
+        # string): check-config prints these values, so mask them there as well.
+        from exporter.logs import redact
+
+        spellings = {
+            spelled
+            for secret in self.secrets()
+            if len(secret.strip()) >= 4
+            for spelled in (secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret, safe=""))
+        }
+        masked: dict[str, str] = {}
+        for var, text in out.items():
+            for spelled in sorted(spellings, key=len, reverse=True):
+                text = text.replace(spelled, "********")
+            masked[var] = redact(text)  # URL userinfo, credential-like query parameters
+        return masked
 
 
 def _filled(secret: SecretStr | None) -> bool:

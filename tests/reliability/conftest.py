@@ -1,0 +1,221 @@
+"""A fault-injection stack: simulators, an optional fault proxy in front of the Alpaca simulator, and an
+in-process Daemon with timings shortened so each fault plays out in a second or two.
+
+``async with rstack(**settings_overrides) as s`` (knobs: ``proxy``, ``rate``, ``batch_size``,
+``clock``, ``sim`` — extra AlpacaSimulator arguments). Helpers check what every fault test checks:
+/metrics answers, counting is exact, and how many log records an episode produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.app import Daemon, yahoo_config
+from exporter.core.clock import Clock
+from exporter.core.router import State
+from exporter.settings import Settings, load_settings
+from exporter.sim.alpaca_server import AlpacaSimulator
+from exporter.sim.faultproxy import FaultProxy
+from exporter.sim.market import Market
+from exporter.sim.yahoo_server import YahooSimulator
+from exporter.sources.yahoo import YahooPoller
+
+SYMBOLS = ["AAPL", "MSFT", "SPY"]
+KEY = "PKRELIABILITYKEY0001"
+SECRET = "reliability-secret-0123456789abcdef"
+
+
+def fast_settings(alpaca_url: str, yahoo_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "apca_api_key_id": KEY,
+        "apca_api_secret_key": SECRET,
+        "symbols": ",".join(SYMBOLS),
+        "alpaca_url": alpaca_url,
+        "alpaca_channels": "trades,quotes",
+        "yahoo_url": yahoo_url,
+        "yahoo_interval_seconds": 0.3,
+        "yahoo_standby_interval_seconds": 0.5,
+        "stale_after_seconds": 0,
+        "market_hours": "always",
+        "alpaca_backoff_max_seconds": 0.4,
+        "alpaca_connection_limit_backoff_seconds": 0.5,
+        "alpaca_ping_interval_seconds": 0.5,
+        "alpaca_ping_timeout_seconds": 0.5,
+        "alpaca_handshake_timeout_seconds": 1.0,
+        "alpaca_fatal_retry_seconds": 2.0,
+        "failback_after_seconds": 0.5,
+        "circuit_breaker_cooldown_seconds": 1.0,
+        "host": "127.0.0.1",
+        "port": 0,
+    }
+    values.update(overrides)
+    return load_settings(env_file=None, **values)
+
+
+@dataclass
+class RStack:
+    market: Market
+    alpaca: AlpacaSimulator
+    yahoo: YahooSimulator
+    proxy: FaultProxy | None
+    daemon: Daemon
+    http: httpx.AsyncClient
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.daemon.port}"
+
+    @property
+    def core(self) -> Any:
+        return self.daemon.core
+
+    def now(self) -> float:
+        return float(self.core.clock.monotonic())
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
+        """Wait until ``predicate()`` (checking /metrics answers meanwhile); return the seconds it took."""
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    await asyncio.sleep(0.02)
+        except TimeoutError:
+            raise AssertionError(f"not within {timeout}s: {what or predicate}; state {self.core.state.name}") from None
+        return time.monotonic() - start
+
+    async def wait_state(self, state: State, timeout: float = 5.0) -> float:
+        return await self.wait_for(lambda: self.core.state is state, timeout, f"state {state.name}")
+
+    async def healthy_start(self) -> None:
+        """PRIMARY_ACTIVE with a healthy hot standby: the starting point of every fault."""
+        await self.wait_state(State.PRIMARY_ACTIVE)
+        await self.wait_for(lambda: self.core.fallback_healthy(self.now()), 5.0, "fallback healthy")
+        await self.wait_for(lambda: self.core.received["alpaca"] > 0, 5.0, "alpaca data")
+
+    async def metrics(self) -> str:
+        """/metrics must answer 200 whatever the sources are doing."""
+        response = await self.http.get(self.base + "/metrics")
+        assert response.status_code == 200
+        assert "datasource_router_state" in response.text
+        return response.text
+
+    def assert_accounting(self, *, unsent: int = 0) -> None:
+        """The identity, per source; ``unsent``: data messages we pushed outside the simulator's count
+        (``send_feed`` frames)."""
+        for source, acc in self.core.accounting().items():
+            assert acc["received"] == acc["routed"] + acc["standby"] + acc["rejected"], (source, acc)
+        # Every data message is counted exactly once in the catalogue's per-type counter too.
+        counts = self.core.message_counts()
+        data = sum(n for kind, n in counts.items() if kind != "control")
+        assert data == self.core.received["alpaca"]
+        # Nothing is counted twice across reconnects: we never count more than the server sent.
+        assert self.core.received["alpaca"] <= self.alpaca.stats.messages_sent + unsent
+
+    async def settle_exact(self, *, fresh_window: float = 0.0, timeout: float = 5.0) -> None:
+        """Stop the data and check that every message the server sent was counted exactly once.
+
+        After a lossy fault (a reset drops what was in flight) pass ``fresh_window``: the check then
+        covers only the messages sent during that many seconds of the current connection.
+        """
+        stats, core = self.alpaca.stats, self.core
+        sent0 = received0 = 0
+        if fresh_window:
+            self.alpaca.set_mute(True)
+            await asyncio.sleep(0.3)  # let what is in flight arrive (or not)
+            sent0, received0 = stats.messages_sent, core.received["alpaca"]
+            self.alpaca.set_mute(False)
+            await asyncio.sleep(fresh_window)
+        self.alpaca.set_mute(True)
+        await asyncio.sleep(0.2)  # frames already in flight (proxy queues included)
+        sent = stats.messages_sent - sent0
+        await self.wait_for(lambda: core.received["alpaca"] - received0 >= sent, timeout, "every sent message counted")
+        await asyncio.sleep(0.1)
+        assert core.received["alpaca"] - received0 == sent
+        assert sent > 0
+        self.assert_accounting()
+        self.alpaca.set_mute(False)
+
+
+def records(caplog: pytest.LogCaptureFixture, logger: str, message: str, level: int | None = None) -> list[Any]:
+    """Log records of ``logger`` whose message starts with ``message`` (at ``level`` when given)."""
+    return [
+        r
+        for r in caplog.records
+        if r.name == logger and r.getMessage().startswith(message) and (level is None or r.levelno == level)
+    ]
+
+
+@pytest.fixture
+def rstack(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Any]]:
+    caplog.set_level(logging.DEBUG, logger="exporter")
+    # The simulator's frame dumps are noise here (not caplog.set_level: that would raise the handler's
+    # level for every logger).
+    sim_logger = logging.getLogger("exporter.sim")
+    previous = sim_logger.level
+    sim_logger.setLevel(logging.WARNING)
+
+    @contextlib.asynccontextmanager
+    async def make(
+        *,
+        proxy: bool = False,
+        proxy_recv_buffer: int | None = None,
+        rate: float = 300.0,
+        batch_size: int = 5,
+        clock: Clock | None = None,
+        sim: dict[str, Any] | None = None,
+        yahoo_backoff: float = 0.3,
+        yahoo: dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> AsyncIterator[RStack]:
+        market = Market(SYMBOLS, seed=3)
+        alpaca = AlpacaSimulator(
+            market,
+            credentials=(KEY, SECRET),
+            rate=rate,
+            batch_size=batch_size,
+            zombie_hold=0.2,
+            rare_probability=0.0,
+            compression=None,
+            **(sim or {}),
+        )
+        yahoo_sim = YahooSimulator(market)
+        async with contextlib.AsyncExitStack() as stack:
+            await stack.enter_async_context(alpaca)
+            await stack.enter_async_context(yahoo_sim)
+            fault: FaultProxy | None = None
+            url = overrides.pop("alpaca_url", alpaca.url("/v2/iex"))
+            if proxy:
+                fault = await stack.enter_async_context(
+                    FaultProxy("127.0.0.1", alpaca.port, upstream_recv_buffer=proxy_recv_buffer)
+                )
+                url = fault.url("/v2/iex")
+            settings = fast_settings(url, yahoo_sim.url, **overrides)
+            daemon = Daemon(settings, clock=clock)
+            # The poller's 5 s first backoff (yahoo.md) would make every Yahoo fault last seconds.
+            config = dataclasses.replace(
+                yahoo_config(settings), backoff_initial=yahoo_backoff, backoff_max=1.0, **(yahoo or {})
+            )
+            if daemon.yahoo is not None:
+                await daemon.yahoo.aclose()
+            daemon.yahoo = YahooPoller(config, daemon.queue.put)
+            http = await stack.enter_async_context(httpx.AsyncClient(timeout=5.0))
+            runner = asyncio.create_task(daemon.run())
+            await asyncio.wait_for(daemon.wait_started(), 5)
+            try:
+                yield RStack(market, alpaca, yahoo_sim, fault, daemon, http)
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(runner, 8)
+
+    yield make
+    sim_logger.setLevel(previous)
