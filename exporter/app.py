@@ -38,6 +38,9 @@ log = logging.getLogger("exporter.router")
 app_log = logging.getLogger("exporter.app")
 
 TICK_SECONDS = 0.25
+# Scrapes within this window share one render (a scrape storm must not take ingestion's core); far
+# below any scrape interval, so a normal scrape always sees fresh values.
+METRICS_CACHE_SECONDS = 0.25
 SHUTDOWN_BUDGET_SECONDS = 4.0
 CLOCK_STEP_SECONDS = 1.0  # wall time moving this much against monotonic time within one tick is a step
 
@@ -281,7 +284,11 @@ class Daemon:
     async def run(self) -> None:
         """Run until ``stop()`` (or a signal) and shut down within the budget."""
         web_app = create_app(
-            render_metrics=self.render_metrics, status=self.status, ready=self.ready, web_config=self.web_config
+            render_metrics=self.render_metrics,
+            status=self.status,
+            ready=self.ready,
+            web_config=self.web_config,
+            metrics_cache_seconds=METRICS_CACHE_SECONDS,
         )
         runner = await start_server(web_app, self.settings.host, self.settings.port)
         self.port = bound_port(runner)

@@ -140,6 +140,7 @@ def create_app(
     heartbeat_interval: float = 0.5,
     heartbeat_timeout: float = 5.0,
     render_in_thread: bool = False,
+    metrics_cache_seconds: float = 0.0,
     title: str = "alpaca-exporter",
 ) -> web.Application:
     """Build the application. Start it with ``start_server``; the heartbeat runs while it is served."""
@@ -152,11 +153,26 @@ def create_app(
     if web_config is not None:
         app[_WEB_CONFIG] = web_config
 
+    # Scrapes arriving within ``metrics_cache_seconds`` of a render share it: a scrape storm then costs a
+    # few renders per second instead of one per request, and ingestion keeps its core.
+    rendered: dict[tuple[str, bool], tuple[float, bytes, str, bool]] = {}
+
     def render_and_compress(accept: str, gzip_ok: bool) -> tuple[bytes, str, bool]:
+        key = (accept, gzip_ok)
+        now = time.monotonic()
+        if metrics_cache_seconds > 0:
+            hit = rendered.get(key)
+            if hit is not None and now - hit[0] < metrics_cache_seconds:
+                return hit[1], hit[2], hit[3]
         body, content_type = render_metrics(accept)
+        gzipped = False
         if gzip_ok:
-            return gzip.compress(body, compresslevel=_GZIP_LEVEL), content_type, True
-        return body, content_type, False
+            body, gzipped = gzip.compress(body, compresslevel=_GZIP_LEVEL), True
+        if metrics_cache_seconds > 0:
+            if len(rendered) >= 8:  # many distinct Accept headers: keep the cache bounded
+                rendered.clear()
+            rendered[key] = (now, body, content_type, gzipped)
+        return body, content_type, gzipped
 
     async def metrics(request: web.Request) -> web.Response:
         accept = request.headers.get("Accept", "")

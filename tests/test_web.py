@@ -351,3 +351,25 @@ def test_default_render_metrics_negotiates() -> None:
     assert om_type.startswith("application/openmetrics-text")
     assert om_body.endswith(b"# EOF\n")
     assert body != om_body
+
+
+async def test_scrapes_within_the_cache_window_share_one_render() -> None:
+    renders = 0
+    default = xweb.default_render_metrics(make_registry())
+
+    def counting(accept: str) -> tuple[bytes, str]:
+        nonlocal renders
+        renders += 1
+        return default(accept)
+
+    async with serve(render=counting, metrics_cache_seconds=0.3) as (base, _, _runner), client() as c:
+        plain = [await c.get(base + "/metrics", headers={"Accept-Encoding": "identity"}) for _ in range(5)]
+        assert renders == 1
+        assert len({r.text for r in plain}) == 1
+        # Another format is another render, and cached on its own.
+        om = await c.get(base + "/metrics", headers={"Accept": "application/openmetrics-text"})
+        assert om.text.rstrip().endswith("# EOF")
+        assert renders == 2
+        await asyncio.sleep(0.35)
+        await c.get(base + "/metrics", headers={"Accept-Encoding": "identity"})
+        assert renders == 3  # the window passed: fresh values
