@@ -25,11 +25,11 @@ def test_judge_passes_a_plateau_and_fails_steady_growth() -> None:
 
 @pytest.mark.timeout(90)
 async def test_soak_smoke() -> None:
-    report = await soak(15.0, fault_every=1.2, sample_every=0.4, rate=200.0)
+    report = await soak(9.0, fault_every=0.8, sample_every=0.25, rate=200.0)
     summary = report.summary()
-    assert report.faults >= 10
+    assert report.faults >= 8
     assert summary["samples"] >= 30
     assert report.failed_scrapes == 0
     assert report.accounting_errors == 0
-    assert report.received > 1000
+    assert report.received > 500
     assert report.ok, summary
