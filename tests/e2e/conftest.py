@@ -16,6 +16,7 @@ from exporter.settings import Settings, load_settings
 from exporter.sim.alpaca_server import AlpacaSimulator
 from exporter.sim.market import Market
 from exporter.sim.yahoo_server import YahooSimulator
+from tests.stacks import simulators
 
 SYMBOLS = ["AAPL", "MSFT", "SPY"]
 KEY = "PKE2ETESTKEY00000001"
@@ -78,18 +79,7 @@ def stack_factory() -> Callable[..., Any]:
 
     @contextlib.asynccontextmanager
     async def make(*, rate: float = 200.0, batch_size: int = 5, **overrides: Any) -> AsyncIterator[Stack]:
-        market = Market(SYMBOLS, seed=3)
-        alpaca = AlpacaSimulator(
-            market,
-            credentials=(KEY, SECRET),
-            rate=rate,
-            batch_size=batch_size,
-            zombie_hold=0.2,
-            rare_probability=0.0,
-            compression=None,
-        )
-        yahoo = YahooSimulator(market)
-        async with alpaca, yahoo:
+        async with simulators(SYMBOLS, (KEY, SECRET), rate=rate, batch_size=batch_size) as (market, alpaca, yahoo):
             daemon = Daemon(stack_settings(alpaca, yahoo, **overrides))
             runner = asyncio.create_task(daemon.run())
             await asyncio.wait_for(daemon.wait_started(), 5)

@@ -29,6 +29,7 @@ from exporter.sim.faultproxy import FaultProxy
 from exporter.sim.market import Market
 from exporter.sim.yahoo_server import YahooSimulator
 from exporter.sources.yahoo import YahooPoller
+from tests.stacks import simulators
 
 SYMBOLS = ["AAPL", "MSFT", "SPY"]
 KEY = "PKRELIABILITYKEY0001"
@@ -177,21 +178,10 @@ def rstack(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Any]]:
         yahoo: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> AsyncIterator[RStack]:
-        market = Market(SYMBOLS, seed=3)
-        alpaca = AlpacaSimulator(
-            market,
-            credentials=(KEY, SECRET),
-            rate=rate,
-            batch_size=batch_size,
-            zombie_hold=0.2,
-            rare_probability=0.0,
-            compression=None,
-            **(sim or {}),
-        )
-        yahoo_sim = YahooSimulator(market)
         async with contextlib.AsyncExitStack() as stack:
-            await stack.enter_async_context(alpaca)
-            await stack.enter_async_context(yahoo_sim)
+            market, alpaca, yahoo_sim = await stack.enter_async_context(
+                simulators(SYMBOLS, (KEY, SECRET), rate=rate, batch_size=batch_size, **(sim or {}))
+            )
             fault: FaultProxy | None = None
             url = overrides.pop("alpaca_url", alpaca.url("/v2/iex"))
             if proxy:
