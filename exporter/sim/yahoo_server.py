@@ -218,18 +218,16 @@ class YahooSimulator:
 
         With neither bound the fault lasts until :meth:`clear_faults`. Earlier faults take precedence.
         """
-        self._faults.append(
-            _Fault(
-                status=status,
-                body=body,
-                content_type=content_type,
-                headers=dict(headers or {}),
-                delay=delay,
-                symbols=None if symbols is None else frozenset(symbols),
-                remaining=requests,
-                until=None if seconds is None else time.monotonic() + seconds,
-            )
-        )
+        self._add_fault(_Fault(status, body, content_type, dict(headers or {}), delay), requests, seconds, symbols)
+
+    def _add_fault(
+        self, fault: _Fault, requests: int | None, seconds: float | None, symbols: Iterable[str] | None = None
+    ) -> None:
+        """Bound a fault by count, time and symbols, and queue it behind the earlier ones."""
+        fault.symbols = None if symbols is None else frozenset(symbols)
+        fault.remaining = requests
+        fault.until = None if seconds is None else time.monotonic() + seconds
+        self._faults.append(fault)
 
     def rate_limit(
         self,
@@ -293,15 +291,7 @@ class YahooSimulator:
         symbols: Iterable[str] | None = None,
     ) -> None:
         """Answer normally, but only after ``delay`` seconds (longer than a client timeout: a hang)."""
-        self._faults.append(
-            _Fault(
-                status=0,
-                delay=delay,
-                symbols=None if symbols is None else frozenset(symbols),
-                remaining=requests,
-                until=None if seconds is None else time.monotonic() + seconds,
-            )
-        )
+        self._add_fault(_Fault(status=0, delay=delay), requests, seconds, symbols)
 
     def outage(
         self,
@@ -312,14 +302,7 @@ class YahooSimulator:
     ) -> None:
         """Refuse everything: a bare 503, or drop each connection without an answer."""
         if mode == "close":
-            self._faults.append(
-                _Fault(
-                    status=0,
-                    close=True,
-                    remaining=requests,
-                    until=None if seconds is None else time.monotonic() + seconds,
-                )
-            )
+            self._add_fault(_Fault(status=0, close=True), requests, seconds)
         else:
             self.fail(503, b"Service Unavailable", requests=requests, seconds=seconds)
 
