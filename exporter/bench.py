@@ -917,7 +917,7 @@ def run_core_bench(
 
     from exporter.core.clock import SystemClock
     from exporter.core.events import PrimaryAuthenticated, PrimaryConnection, PrimaryData, PrimarySubscribed
-    from exporter.core.messages import Trade
+    from exporter.core.messages import Trade, utc_from_ns
     from exporter.core.router import Core, CoreConfig, State
     from exporter.metrics import build_registry, render_metrics
 
@@ -930,14 +930,14 @@ def run_core_bench(
     assert core.state is State.PRIMARY_ACTIVE
     rng = random.Random(seed)
     price = {name: 20.0 + rng.random() * 400.0 for name in names}
-    now_ns = clock.wall_ns()
+    now = utc_from_ns(clock.wall_ns())
     frames: list[PrimaryData] = []
     for start in range(0, messages, batch):
         frame = []
         for _ in range(min(batch, messages - start)):
             name = names[rng.randrange(symbols)]
             price[name] *= 1.0 + rng.gauss(0.0, 0.0005)
-            frame.append(Trade(S=name, p=round(price[name], 2), t=now_ns, s=100))
+            frame.append(Trade(S=name, p=round(price[name], 2), t=now, s=100))
         frames.append(PrimaryData(frame, clock.monotonic()))
     handle = core.handle
     started = time.perf_counter()

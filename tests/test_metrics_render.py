@@ -22,7 +22,7 @@ from exporter.core.events import (
     PrimaryError,
     PrimarySubscribed,
 )
-from exporter.core.messages import Bar, Malformed, Quote, Trade, Unknown
+from exporter.core.messages import Bar, Malformed, Quote, Trade, Unknown, utc_from_ns
 from exporter.core.router import Core, CoreConfig
 from exporter.metrics import CoreCollector, ExporterRegistry, build_registry, render_metrics
 
@@ -46,15 +46,15 @@ def busy_core(*, max_series: int = 4) -> tuple[Core, FakeClock]:
         for j in range(3):
             # Latencies from 1 ms to 12 s: every bucket, +Inf included.
             age_ns = [1_000_000, 300_000_000, 1_500_000_000, 12_000_000_000][(k + j) % 4]
-            messages.append(Trade(S=symbol, p=100.0 + k + j / 100, t=wall - age_ns, s=10))
-            messages.append(Quote(S=symbol, bp=100.0 + k, ap=100.02 + k, t=wall - age_ns // 2))
-        messages.append(Bar(S=symbol, o=1.0, h=2.0, l=0.5, c=100.0 + k, t=wall - 60_000_000_000))
-    messages.append(Trade(S="ZZZ", p=5.0, t=wall, s=1))  # unknown: counted under __other__
+            messages.append(Trade(S=symbol, p=100.0 + k + j / 100, t=utc_from_ns(wall - age_ns), s=10))
+            messages.append(Quote(S=symbol, bp=100.0 + k, ap=100.02 + k, t=utc_from_ns(wall - age_ns // 2)))
+        messages.append(Bar(S=symbol, o=1.0, h=2.0, l=0.5, c=100.0 + k, t=utc_from_ns(wall - 60_000_000_000)))
+    messages.append(Trade(S="ZZZ", p=5.0, t=utc_from_ns(wall), s=1))  # unknown: counted under __other__
     messages.append(Unknown(T="zz", S="AAPL"))
     messages.append(Malformed(T="t", S="MSFT", detail="missing p"))
     core.handle(PrimaryData(messages, received_at=clock.monotonic(), decode_seconds=0.0001))
     # A breaker trip (a 50 % print), a fallback price for a price delta, an error, a handshake latency.
-    core.handle(PrimaryData([Trade(S="AAPL", p=150.0, t=wall, s=1)], received_at=clock.monotonic()))
+    core.handle(PrimaryData([Trade(S="AAPL", p=150.0, t=utc_from_ns(wall), s=1)], received_at=clock.monotonic()))
     core.handle(FallbackPrice("MSFT", 101.5, wall))
     core.handle(PrimaryError("slow_client", "407"))
     core.handle(DependencyLatency("alpaca", "auth", 0.012))
@@ -102,8 +102,9 @@ def test_repeated_renders_with_changing_state_stay_identical() -> None:
     plain, fast = core_only(core)
     for step in range(3):
         wall = clock.wall_ns()
-        core.handle(PrimaryData([Trade(S=f"NEW{step}", p=10.0, t=wall, s=1)], received_at=clock.monotonic()))
-        core.handle(PrimaryData([Trade(S="SPY", p=103.0, t=wall - 400_000_000, s=1)], received_at=clock.monotonic()))
+        now, earlier = utc_from_ns(wall), utc_from_ns(wall - 400_000_000)
+        core.handle(PrimaryData([Trade(S=f"NEW{step}", p=10.0, t=now, s=1)], received_at=clock.monotonic()))
+        core.handle(PrimaryData([Trade(S="SPY", p=103.0, t=earlier, s=1)], received_at=clock.monotonic()))
         clock.advance(1.0)
         assert fast.render(openmetrics=False) == generate_latest(plain)
         assert fast.render(openmetrics=True) == generate_openmetrics(plain)

@@ -1,19 +1,35 @@
 """Typed market-data messages of Alpaca's stocks stream, as the core consumes them.
 
 These are the decode targets of the Alpaca codec (``exporter.sources.alpaca.codec``): field names are the
-wire keys, ``T`` is the tag. Timestamps (``t``) are integer nanoseconds since the Unix epoch, whatever the
-wire form was (RFC 3339 string or msgpack ext -1). Plain data, no behaviour: the core reads them.
+wire keys, ``T`` is the tag. Timestamps (``t``) are timezone-aware ``datetime`` values, whatever the wire
+form was (RFC 3339 string or msgpack ext -1): msgspec decodes both natively, in C, straight into these
+structs, so nothing is copied after decoding (docs/performance.md). ``datetime`` holds microseconds:
+Alpaca's nanosecond digits are rounded to the nearest microsecond, far below anything the exporter
+measures. A timestamp without a zone is a malformed item. Plain data, no behaviour: the core reads them.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Final
+
 import msgspec
+
+# What ``t`` is: a datetime that must carry a zone (the age arithmetic needs an absolute time).
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def utc_from_ns(ns: int) -> datetime:
+    """Integer nanoseconds since the epoch → an aware UTC datetime (rounded to the microsecond as msgspec does)."""
+    return EPOCH + timedelta(microseconds=(ns + 500) // 1000)
 
 
 class Trade(msgspec.Struct, tag_field="T", tag="t", gc=False):
     S: str
     p: float
-    t: int
+    t: Timestamp
     s: int = 0
     i: int = 0
     x: str = ""
@@ -25,7 +41,7 @@ class Quote(msgspec.Struct, tag_field="T", tag="q", gc=False):
     S: str
     bp: float
     ap: float
-    t: int
+    t: Timestamp
     bs: int = 0
     as_: int = msgspec.field(default=0, name="as")
     bx: str = ""
@@ -40,7 +56,7 @@ class Bar(msgspec.Struct, tag_field="T", tag="b", gc=False):
     h: float
     l: float  # noqa: E741 - the wire key
     c: float
-    t: int
+    t: Timestamp
     v: int = 0
     vw: float = 0.0
     n: int = 0
@@ -56,7 +72,7 @@ class DailyBar(Bar, tag="d", gc=False):
 
 class TradingStatus(msgspec.Struct, tag_field="T", tag="s", gc=False):
     S: str
-    t: int
+    t: Timestamp
     sc: str = ""
     sm: str = ""
     rc: str = ""
@@ -68,14 +84,14 @@ class Luld(msgspec.Struct, tag_field="T", tag="l", gc=False):
     S: str
     u: float
     d: float
-    t: int
+    t: Timestamp
     i: str = ""
     z: str = ""
 
 
 class Correction(msgspec.Struct, tag_field="T", tag="c", gc=False):
     S: str
-    t: int
+    t: Timestamp
     x: str = ""
     oi: int = 0
     op: float = 0.0
@@ -90,7 +106,7 @@ class Correction(msgspec.Struct, tag_field="T", tag="c", gc=False):
 
 class CancelError(msgspec.Struct, tag_field="T", tag="x", gc=False):
     S: str
-    t: int
+    t: Timestamp
     i: int = 0
     x: str = ""
     p: float = 0.0
@@ -101,7 +117,7 @@ class CancelError(msgspec.Struct, tag_field="T", tag="x", gc=False):
 
 class Imbalance(msgspec.Struct, tag_field="T", tag="i", gc=False):
     S: str
-    t: int
+    t: Timestamp
     p: float = 0.0
     z: str = ""
 

@@ -69,6 +69,7 @@ from exporter.core.messages import (
     TradingStatus,
     Unknown,
     UpdatedBar,
+    utc_from_ns,
 )
 from exporter.core.stats import (
     DEPENDENCY_BUCKETS,
@@ -82,7 +83,7 @@ from exporter.core.stats import (
     K,
     SymbolSeries,
 )
-from exporter.core.validation import check_bar, check_fallback, check_other, check_quote
+from exporter.core.validation import check_bar, check_fallback, check_other
 
 _CLOSED = BreakerState.CLOSED
 _LATENCY_FIRST_BOUND = LATENCY_BUCKETS[0]  # SymbolSeries.latency's buckets
@@ -220,8 +221,8 @@ class Core:
         self.config = config
         self.clock = clock
         now = clock.monotonic()
-        self._max_age_ns = int(config.max_message_age_s * 1e9)
-        self._skew_ns = int(config.max_clock_skew_s * 1e9)
+        self._max_age_s = config.max_message_age_s
+        self._skew_s = config.max_clock_skew_s
 
         # Label series, capped: configured symbols first, in order, then unknown symbols as they appear.
         self.series: dict[str, SymbolSeries] = {}
@@ -453,7 +454,8 @@ class Core:
     def _primary_data(self, event: PrimaryData, now: float) -> None:
         wall_ns = self.clock.wall_ns()
         wall_s = wall_ns / 1e9
-        max_age, skew = self._max_age_ns, self._skew_ns
+        wall = utc_from_ns(wall_ns)
+        max_age, skew = self._max_age_s, self._skew_s
         symbols = self.symbols
         other = self.other
         metrics = self.config.metrics
@@ -463,14 +465,15 @@ class Core:
         n_routed = n_standby = n_rejected = n_data = 0
         for m in event.messages:
             cls = type(m)
+            # Trades and quotes are nearly the whole stream: their validation is inlined (a call chain
+            # per message cost a third of the core's time). tests/core/test_hot_path.py keeps the inline
+            # code deciding exactly as validation.check_trade and check_quote do. `age` (seconds) is also
+            # the latency observed for a routed message.
             if isinstance(m, Trade):  # Trade has no subclasses: as exact as `cls is Trade`, and mypy narrows
-                # validation.check_trade, inlined: trades are most of the stream and a call chain costs
-                # a third of the core's time per message. tests/core/test_hot_path.py keeps the two equal.
                 k = 0
                 p = m.p
                 price: float | None = p
-                t_ns = m.t
-                age = wall_ns - t_ns
+                age = (wall - m.t).total_seconds()
                 if not (0.0 < p < _INF):
                     reason = "invalid_price"
                 elif m.s < 0:
@@ -481,18 +484,30 @@ class Core:
                     reason = "stale_timestamp"
                 else:
                     reason = None
-            elif cls is Quote:
-                assert isinstance(m, Quote)
+            elif isinstance(m, Quote):  # no subclasses either
                 k = 1
-                t_ns = m.t
-                reason = check_quote(m, wall_ns, max_age, skew)
-                price = (m.bp + m.ap) / 2.0 if m.bp > 0.0 and m.ap > 0.0 else None
+                bp, ap = m.bp, m.ap
+                age = (wall - m.t).total_seconds()
+                if not (0.0 <= bp < _INF and 0.0 <= ap < _INF) or (bp == 0.0 and ap == 0.0):
+                    reason = "invalid_price"
+                elif m.bs < 0 or m.as_ < 0:
+                    reason = "invalid_size"
+                elif bp > ap > 0.0:
+                    reason = "crossed_quote"
+                elif age < -skew:
+                    reason = "future_timestamp"
+                elif age > max_age:
+                    reason = "stale_timestamp"
+                else:
+                    reason = None
+                price = (bp + ap) / 2.0 if bp > 0.0 and ap > 0.0 else None
             elif cls is Bar or cls is UpdatedBar or cls is DailyBar:
                 assert isinstance(m, Bar)
                 k = 2 if cls is Bar else (3 if cls is UpdatedBar else 4)
-                reason = check_bar(m, wall_ns, skew)
+                reason = check_bar(m, wall, skew)
                 # Only a fresh minute bar's close is a current price; updated and daily bars are aggregates.
                 price = m.c if cls is Bar else None
+                age = 0.0  # bars carry their start time: no latency is observed for them
             elif cls is Unknown:
                 assert isinstance(m, Unknown)
                 # Counted as received and rejected, so received = routed + standby + rejected stays exact.
@@ -512,10 +527,10 @@ class Core:
                 n_rejected += 1
                 continue
             else:
-                assert not isinstance(m, Unknown | Malformed)
+                assert not isinstance(m, Unknown | Malformed | Bar)
                 k = _OTHER_KINDS[cls]
-                t_ns = m.t
-                reason = check_other(m, t_ns, wall_ns, skew)
+                age = (wall - m.t).total_seconds()
+                reason = check_other(m, wall, skew)
                 price = None
             n_data += 1
             st = symbols.get(m.S)
@@ -552,15 +567,14 @@ class Core:
                 if metrics and (k < 2 or k > 4):
                     # Latency of routed messages that carry an event time (bars carry their start time).
                     # Histogram.observe, inline.
-                    lat = wall_s - t_ns / 1e9
                     hist = series.latency
-                    if 0.0 <= lat <= _LATENCY_FIRST_BOUND:  # the live case: no search needed
+                    if 0.0 <= age <= _LATENCY_FIRST_BOUND:  # the live case: no search needed
                         hist.counts[0] += 1
                     else:
-                        if lat < 0.0:
-                            lat = 0.0
-                        hist.counts[bisect_left(hist.bounds, lat)] += 1
-                    hist.sum += lat
+                        if age < 0.0:
+                            age = 0.0
+                        hist.counts[bisect_left(hist.bounds, age)] += 1
+                    hist.sum += age
                 st.routed_wall = wall_s
             else:
                 n_standby += 1
@@ -609,7 +623,7 @@ class Core:
         wall_ns = self.clock.wall_ns()
         self.received[FALLBACK] += 1
         st = self.symbols.get(event.symbol)
-        reason = "unknown_symbol" if st is None else check_fallback(event.price, event.ts_ns, wall_ns, self._skew_ns)
+        reason = "unknown_symbol" if st is None else check_fallback(event.price, event.ts_ns, wall_ns, self._skew_s)
         if reason is None and st is not None:
             reason = self._admit(st, FALLBACK, event.price, now)
         if reason is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from exporter.core.events import (
     PrimarySubscribed,
     Tick,
 )
-from exporter.core.messages import Bar, Message, Quote, Trade
+from exporter.core.messages import Bar, Message, Quote, Trade, utc_from_ns
 from exporter.core.router import BreakerTripped, Core, CoreConfig, Effect, PrimaryStale, State, Transition
 
 SYMBOLS = ("AAPL", "MSFT")
@@ -67,8 +68,11 @@ class Harness:
         return self.send(FallbackPoll(ok=False, period_s=period_s, error=error))
 
     # ---- messages --------------------------------------------------------------------------------
-    def ts(self, age_s: float = 0.0) -> int:
+    def ts_ns(self, age_s: float = 0.0) -> int:
         return self.clock.wall_ns() - int(age_s * 1e9)
+
+    def ts(self, age_s: float = 0.0) -> datetime:
+        return utc_from_ns(self.clock.wall_ns() - int(age_s * 1e9))
 
     def trade(self, symbol: str = "AAPL", p: float = 100.0, *, age_s: float = 0.0, s: int = 10) -> Trade:
         return Trade(S=symbol, p=p, t=self.ts(age_s), s=s)
@@ -83,7 +87,7 @@ class Harness:
         return self.send(PrimaryData(list(messages), received_at=self.clock.monotonic(), decode_seconds=decode_seconds))
 
     def yahoo(self, symbol: str = "AAPL", price: float = 100.0, *, age_s: float = 0.0) -> list[Effect]:
-        return self.send(FallbackPrice(symbol, price, self.ts(age_s)))
+        return self.send(FallbackPrice(symbol, price, self.ts_ns(age_s)))
 
     # ---- reading ---------------------------------------------------------------------------------
     @property

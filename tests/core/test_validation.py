@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 
 from exporter.core.messages import (
+    EPOCH,
     Bar,
     CancelError,
     Correction,
@@ -20,6 +22,7 @@ from exporter.core.messages import (
     Trade,
     TradingStatus,
     UpdatedBar,
+    utc_from_ns,
 )
 from exporter.core.stats import VALIDATION_REASONS
 from exporter.core.validation import bad_price, check_fallback, check_quote, check_trade
@@ -102,10 +105,10 @@ def test_quote_with_bad_side(live: Harness, bp: float, ap: float) -> None:
 @pytest.mark.parametrize(
     "message",
     [
-        Luld(S="AAPL", u=math.nan, d=90.0, t=0),
-        Correction(S="AAPL", t=0, cp=0.0, cs=1),
-        CancelError(S="AAPL", t=0, p=-1.0, s=1),
-        Imbalance(S="AAPL", t=0, p=math.inf),
+        Luld(S="AAPL", u=math.nan, d=90.0, t=EPOCH),
+        Correction(S="AAPL", t=EPOCH, cp=0.0, cs=1),
+        CancelError(S="AAPL", t=EPOCH, p=-1.0, s=1),
+        Imbalance(S="AAPL", t=EPOCH, p=math.inf),
     ],
     ids=["luld", "correction", "cancel_error", "imbalance"],
 )
@@ -162,9 +165,9 @@ def test_quote_with_one_empty_side_is_accepted(live: Harness, bp: float, ap: flo
 
 
 def test_check_quote_direct() -> None:
-    now = 10**18
-    assert check_quote(Quote(S="X", bp=1.0, ap=2.0, t=now), now, 10**9, 10**9) is None
-    assert check_quote(Quote(S="X", bp=2.0, ap=1.0, t=now), now, 10**9, 10**9) == "crossed_quote"
+    now = utc_from_ns(10**18)
+    assert check_quote(Quote(S="X", bp=1.0, ap=2.0, t=now), now, 1.0, 1.0) is None
+    assert check_quote(Quote(S="X", bp=2.0, ap=1.0, t=now), now, 1.0, 1.0) == "crossed_quote"
 
 
 # ---- stale_timestamp and future_timestamp --------------------------------------------------------
@@ -217,7 +220,7 @@ def test_trade_within_the_skew_is_accepted(live: Harness) -> None:
     ],
     ids=["quote", "bar", "daily_bar", "status", "luld"],
 )
-def test_every_type_rejects_the_future(live: Harness, make_message: Callable[[int], Message]) -> None:
+def test_every_type_rejects_the_future(live: Harness, make_message: Callable[[datetime], Message]) -> None:
     rejected_once(live, make_message(live.ts(-60.0)), "future_timestamp")
 
 
@@ -239,14 +242,17 @@ def test_wall_clock_step_makes_old_stamps_stale(live: Harness) -> None:
     rejected_once(live, t, "stale_timestamp")
 
 
-def test_pure_checks_use_integer_nanoseconds() -> None:
-    now = 1_773_153_000 * 10**9
-    age, skew = 60 * 10**9, 5 * 10**9
-    assert check_trade(Trade(S="X", p=1.0, t=now - age), now, age, skew) is None
-    assert check_trade(Trade(S="X", p=1.0, t=now - age - 1), now, age, skew) == "stale_timestamp"
-    assert check_trade(Trade(S="X", p=1.0, t=now + skew), now, age, skew) is None
-    assert check_trade(Trade(S="X", p=1.0, t=now + skew + 1), now, age, skew) == "future_timestamp"
-    assert check_fallback(1.0, now + skew + 1, now, skew) == "future_timestamp"
+def test_pure_checks_are_exact_to_the_microsecond() -> None:
+    now_ns = 1_773_153_000 * 10**9
+    now = utc_from_ns(now_ns)
+    age, skew = timedelta(seconds=60), timedelta(seconds=5)
+    us = timedelta(microseconds=1)
+    assert check_trade(Trade(S="X", p=1.0, t=now - age), now, 60.0, 5.0) is None
+    assert check_trade(Trade(S="X", p=1.0, t=now - age - us), now, 60.0, 5.0) == "stale_timestamp"
+    assert check_trade(Trade(S="X", p=1.0, t=now + skew), now, 60.0, 5.0) is None
+    assert check_trade(Trade(S="X", p=1.0, t=now + skew + us), now, 60.0, 5.0) == "future_timestamp"
+    assert check_fallback(1.0, now_ns + 5 * 10**9, now_ns, 5.0) is None
+    assert check_fallback(1.0, now_ns + 5 * 10**9 + 1000, now_ns, 5.0) == "future_timestamp"
 
 
 # ---- unknown_symbol, malformed, circuit_open -----------------------------------------------------
@@ -272,10 +278,10 @@ def test_circuit_open(live: Harness) -> None:
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        (Trade(S="AAPL", p=math.nan, t=0, s=-1), "invalid_price"),  # bad price, size and stamp
-        (Trade(S="AAPL", p=1.0, t=0, s=-1), "invalid_size"),  # bad size and stamp
-        (Quote(S="AAPL", bp=2.0, ap=1.0, t=0), "crossed_quote"),  # crossed and stale
-        (Trade(S="NOPE", p=math.nan, t=0), None),  # unknown symbol and bad price: either, but only one
+        (Trade(S="AAPL", p=math.nan, t=EPOCH, s=-1), "invalid_price"),  # bad price, size and stamp
+        (Trade(S="AAPL", p=1.0, t=EPOCH, s=-1), "invalid_size"),  # bad size and stamp
+        (Quote(S="AAPL", bp=2.0, ap=1.0, t=EPOCH), "crossed_quote"),  # crossed and stale
+        (Trade(S="NOPE", p=math.nan, t=EPOCH), None),  # unknown symbol and bad price: either, but only one
     ],
 )
 def test_a_message_with_several_faults_counts_one_reason(live: Harness, message: Message, reason: str | None) -> None:

@@ -9,6 +9,7 @@ bounded so the suite stays fast; failing cases found are kept in ``test_corpus.p
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -58,7 +59,8 @@ def check_decoded(frame: str | bytes, encoding: Any) -> list[Any]:
     for message in decoded.messages:
         assert isinstance(message, (*TIMED, Unknown, Malformed))
         if isinstance(message, TIMED):
-            assert type(message.t) is int
+            assert type(message.t) is datetime
+            assert message.t.utcoffset() is not None  # aware: an age is absolute
             assert isinstance(message.S, str)
         else:
             assert isinstance(message.S, str)

@@ -19,7 +19,7 @@ from exporter.core.events import (
     PrimarySubscribed,
     Tick,
 )
-from exporter.core.messages import Trade
+from exporter.core.messages import Trade, utc_from_ns
 from exporter.core.router import Core, CoreConfig, State
 from tests.reliability.conftest import records
 
@@ -64,7 +64,7 @@ def _healthy_core(clock: TrueFakeClock) -> Core:
 
 def _trade(clock: TrueFakeClock, price: float = 100.0) -> PrimaryData:
     # Stamped by the exchange with the true time: the local clock's steps do not move it.
-    return PrimaryData([Trade("AAPL", price, clock.true_wall_ns)], clock.monotonic(), 0.0)
+    return PrimaryData([Trade("AAPL", price, utc_from_ns(clock.true_wall_ns))], clock.monotonic(), 0.0)
 
 
 @pytest.mark.parametrize(("step", "reason"), [(3600.0, "stale_timestamp"), (-3600.0, "future_timestamp")])

@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from exporter.app import Daemon, EventQueue
 from exporter.core.clock import FakeClock
 from exporter.core.events import PrimaryConnection, PrimaryData, Tick
-from exporter.core.messages import Trade
+from exporter.core.messages import Trade, utc_from_ns
 from exporter.core.router import Core, CoreConfig, State
 from exporter.metrics import build_registry
 from exporter.sim.alpaca_codec import encode
@@ -44,7 +44,7 @@ def test_event_queue_is_bounded_and_overflow_is_exported() -> None:
     daemon = Daemon(settings)
     queue = daemon.queue
     assert isinstance(queue, EventQueue)
-    frame = PrimaryData([Trade("AAPL", 1.0, 1)], 0.0, 0.0)
+    frame = PrimaryData([Trade("AAPL", 1.0, utc_from_ns(1))], 0.0, 0.0)
     for _ in range(12):
         queue.put(frame)
     queue.put(PrimaryConnection("Connected", "x"))
@@ -78,7 +78,7 @@ def test_label_cardinality_is_capped() -> None:
     many symbols the stream sends."""
     clock = FakeClock()
     core = Core(CoreConfig(symbols=tuple(SYMBOLS), stale_after_s=0, market_hours="always", max_symbol_series=2), clock)
-    now = clock.wall_ns()
+    now = utc_from_ns(clock.wall_ns())
     junk = [Trade(f"JUNK{i}", 10.0, now) for i in range(5000)]
     core.handle(PrimaryData([Trade(s, 100.0, now) for s in SYMBOLS] + junk, clock.monotonic(), 0.0))
     text = generate_latest(build_registry(core, lambda: (0, 0))).decode()
