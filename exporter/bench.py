@@ -38,8 +38,11 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
+
+from exporter.core.messages import EPOCH
 
 # The driver's own imports stay light; workers import what their contender needs.
 
@@ -201,7 +204,10 @@ async def _exporter_worker(spec: dict[str, Any]) -> None:
         log_level="WARNING",
     )
     # The feed was generated before the run; replaying it as if live keeps its timestamps fresh (the
-    # age check passes as it would on a live stream, latencies are queueing delays, not the feed's age).
+    # age check passes as it would on a live stream, latencies are queueing delays, not the feed's age):
+    # each frame re-anchors the clock so that the frame was read the instant its newest message was
+    # stamped. (Anchoring once at the start let ages grow with the gap between the feed's nominal rate
+    # and the consumer's, to hundreds of ms — not what a live stream looks like.)
     clock = ReplayClock()
     daemon = Daemon(settings, clock=clock)
     if not spec.get("metrics", True):
@@ -210,6 +216,7 @@ async def _exporter_worker(spec: dict[str, Any]) -> None:
     core = daemon.core
     meter = _Meter(spec["expected"])
     record_latency = bool(spec.get("latency", False))
+    anchoring = False  # from the feed's start on
     handle = core.handle
     monotonic = time.monotonic
     proc, lat = meter.processing_us, meter.frame_latency_us
@@ -218,6 +225,10 @@ async def _exporter_worker(spec: dict[str, Any]) -> None:
         if type(event) is not PrimaryData:
             return handle(event)
         assert isinstance(event, PrimaryData)
+        if anchoring and event.messages:
+            newest = getattr(event.messages[-1], "t", None)
+            if newest is not None:
+                clock.anchor(newest, event.received_at)
         started = monotonic()
         effects = handle(event)
         n = len(event.messages)
@@ -240,6 +251,7 @@ async def _exporter_worker(spec: dict[str, Any]) -> None:
         while core.state is not State.PRIMARY_ACTIVE:  # noqa: ASYNC110 - the core has no event to await
             await asyncio.sleep(0.01)
     clock.replay_from(spec["feed_start_ns"])
+    anchoring = True
     _say(ready=True, port=daemon.port)
     async with asyncio.timeout(spec["timeout"]):
         await meter.done.wait()
@@ -255,6 +267,9 @@ async def _exporter_worker(spec: dict[str, Any]) -> None:
     daemon.stop()
     async with asyncio.timeout(10):
         await runner
+
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class ReplayClock:
@@ -273,15 +288,22 @@ class ReplayClock:
     def replay_from(self, feed_start_ns: int) -> None:
         self.offset_ns = time.time_ns() - feed_start_ns
 
+    def anchor(self, stamped: datetime, read_at_monotonic: float) -> None:
+        """Shift wall time so that ``stamped`` is the wall time at ``read_at_monotonic``."""
+        stamped_ns = (stamped - EPOCH) // _MICROSECOND * 1000
+        read_at_ns = time.time_ns() - int((time.monotonic() - read_at_monotonic) * 1e9)
+        self.offset_ns = read_at_ns - stamped_ns
+
 
 def _latency_summary(core: Any) -> dict[str, Any]:
     """The exporter's own alpaca_message_latency_seconds, summed over symbols (a sanity check)."""
     counts = [0] * (len(core.other.latency.counts))
     total = 0.0
     for series in (*core.series.values(), core.other):
-        for i, n in enumerate(series.latency.counts):
+        hist = series.latency_histogram()
+        for i, n in enumerate(hist.counts):
             counts[i] += n
-        total += series.latency.sum
+        total += hist.sum
     return {"bounds": list(core.other.latency.bounds), "counts": counts, "sum": total}
 
 

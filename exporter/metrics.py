@@ -344,8 +344,9 @@ class CoreCollector(Collector):
         def latency_metric() -> Metric:
             h = _histogram("alpaca_message_latency_seconds")
             for series in all_series:
-                if any(series.latency.counts):
-                    _add_histogram(h, [series.label], series.latency)
+                hist = series.latency_histogram()
+                if any(hist.counts):
+                    _add_histogram(h, [series.label], hist)
             return h
 
         def latency_lines() -> list[str]:
@@ -353,7 +354,7 @@ class CoreCollector(Collector):
             append = out.append
             prefixes = self._latency_prefixes
             for series in all_series:
-                hist = series.latency
+                hist = series.latency_histogram()
                 if not any(hist.counts):
                     continue
                 p = prefixes.get(series.label)

@@ -6,6 +6,10 @@ form was (RFC 3339 string or msgpack ext -1): msgspec decodes both natively, in 
 structs, so nothing is copied after decoding (docs/performance.md). ``datetime`` holds microseconds:
 Alpaca's nanosecond digits are rounded to the nearest microsecond, far below anything the exporter
 measures. A timestamp without a zone is a malformed item. Plain data, no behaviour: the core reads them.
+
+Trades and quotes, nearly the whole stream, declare only the fields the exporter reads: msgspec skips
+the others (trade id, exchange codes, conditions, tape) without building them, which saved ≈ 80 ns per
+message, a twentieth of the pipeline (docs/performance.md). The rarer types keep their whole wire shape.
 """
 
 from __future__ import annotations
@@ -31,10 +35,6 @@ class Trade(msgspec.Struct, tag_field="T", tag="t", gc=False):
     p: float
     t: Timestamp
     s: int = 0
-    i: int = 0
-    x: str = ""
-    c: list[str] = []
-    z: str = ""
 
 
 class Quote(msgspec.Struct, tag_field="T", tag="q", gc=False):
@@ -44,10 +44,6 @@ class Quote(msgspec.Struct, tag_field="T", tag="q", gc=False):
     t: Timestamp
     bs: int = 0
     as_: int = msgspec.field(default=0, name="as")
-    bx: str = ""
-    ax: str = ""
-    c: list[str] = []
-    z: str = ""
 
 
 class Bar(msgspec.Struct, tag_field="T", tag="b", gc=False):

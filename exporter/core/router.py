@@ -31,7 +31,6 @@ source is the active one, otherwise kept as standby data) or rejected with exact
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,6 +77,7 @@ from exporter.core.stats import (
     OTHER_SYMBOL,
     PROCESSING_MS_BUCKETS,
     RECOVERY_BUCKETS,
+    TIMED_KINDS,
     VALIDATION_REASONS,
     Histogram,
     K,
@@ -87,6 +87,7 @@ from exporter.core.validation import check_bar, check_fallback, check_other
 
 _CLOSED = BreakerState.CLOSED
 _LATENCY_FIRST_BOUND = LATENCY_BUCKETS[0]  # SymbolSeries.latency's buckets
+_TIMED = frozenset(TIMED_KINDS)
 
 _OTHER_KINDS: dict[type, int] = {
     TradingStatus: K["status"],
@@ -448,9 +449,10 @@ class Core:
     # ---- primary data: the hot path ----------------------------------------------------------------
     # Measured (docs/performance.md): this loop runs once per market-data message, so it keeps the
     # per-message work to plain attribute and list operations — no method calls on the common path
-    # (a validated price that agrees with a closed breaker), one validation call per message, counts
-    # aggregated per frame. The common path repeats exactly what ``_admit`` and ``Histogram.observe``
-    # do; everything else goes through them.
+    # (a live trade or quote whose price agrees with a closed breaker), counts aggregated per frame.
+    # The common path repeats exactly what the validation functions and ``_admit`` do (kept equal by
+    # tests/core/test_hot_path.py); everything else goes through them. Its metrics are one count and
+    # one latency sum per message: the latency's first-bucket count is derived (SymbolSeries).
     def _primary_data(self, event: PrimaryData, now: float) -> None:
         wall_ns = self.clock.wall_ns()
         wall_s = wall_ns / 1e9
@@ -521,7 +523,11 @@ class Core:
                 assert isinstance(m, Malformed)
                 label = TYPE_LABELS.get(m.T)
                 if metrics:
-                    self._count_series(m.S).received[K[label] if label else K["unknown"]] += 1
+                    series = self._count_series(m.S)
+                    kind = K[label] if label else K["unknown"]
+                    series.received[kind] += 1
+                    if kind in _TIMED:
+                        series.unobserved += 1
                 n_data += 1
                 rejected["malformed"] += 1
                 n_rejected += 1
@@ -536,7 +542,10 @@ class Core:
             st = symbols.get(m.S)
             if st is None:
                 if metrics:
-                    self._count_series(m.S).received[k] += 1
+                    series = self._count_series(m.S)
+                    series.received[k] += 1
+                    if k < 2 or k > 4:  # timed (TIMED_KINDS)
+                        series.unobserved += 1
                 rejected["unknown_symbol"] += 1
                 n_rejected += 1
                 continue
@@ -558,6 +567,8 @@ class Core:
             if reason is not None:
                 rejected[reason] += 1
                 n_rejected += 1
+                if metrics and (k < 2 or k > 4):
+                    series.unobserved += 1
                 continue
             if routed_now:
                 n_routed += 1
@@ -566,18 +577,16 @@ class Core:
                     st.routed_source = PRIMARY
                 if metrics and (k < 2 or k > 4):
                     # Latency of routed messages that carry an event time (bars carry their start time).
-                    # Histogram.observe, inline.
-                    hist = series.latency
-                    if 0.0 <= age <= _LATENCY_FIRST_BOUND:  # the live case: no search needed
-                        hist.counts[0] += 1
+                    # The live case only adds to the sum: its count is derived (SymbolSeries).
+                    if 0.0 <= age <= _LATENCY_FIRST_BOUND:
+                        series.live_sum += age
                     else:
-                        if age < 0.0:
-                            age = 0.0
-                        hist.counts[bisect_left(hist.bounds, age)] += 1
-                    hist.sum += age
+                        series.latency.observe(age if age > 0.0 else 0.0)
                 st.routed_wall = wall_s
             else:
                 n_standby += 1
+                if metrics and (k < 2 or k > 4):
+                    series.unobserved += 1
         self.received[PRIMARY] += n_data
         self.routed[PRIMARY] += n_routed
         self.standby[PRIMARY] += n_standby

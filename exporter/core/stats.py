@@ -95,13 +95,40 @@ VALIDATION_REASONS = (
 OTHER_SYMBOL = "__other__"
 
 
-class SymbolSeries:
-    """Everything exported under one ``symbol`` label value (a symbol, or ``__other__`` past the cap)."""
+# Message kinds (indexes into MESSAGE_TYPES) whose routed messages are observed in the latency histogram:
+# those that carry an event time. Bars carry the start of their interval; control and unknown no time.
+TIMED_KINDS = tuple(K[name] for name in ("trade", "quote", "status", "luld", "correction", "cancel_error", "imbalance"))
 
-    __slots__ = ("breaker_trips", "label", "latency", "received")
+
+class SymbolSeries:
+    """Everything exported under one ``symbol`` label value (a symbol, or ``__other__`` past the cap).
+
+    The latency histogram is kept in two parts, because the core's common case — a routed message whose
+    latency falls in the first bucket — must touch as little as possible (docs/performance.md): that
+    case adds only to ``live_sum``, and its count is derived at scrape time as the timed messages
+    received minus those not observed (``unobserved``: rejected, standby, malformed, unknown symbol)
+    minus the observations ``latency`` holds explicitly (every other bucket, and clamped negative ages).
+    ``latency_histogram()`` puts the parts together; ``tests/core/test_stats.py`` checks it against a
+    plain histogram.
+    """
+
+    __slots__ = ("breaker_trips", "label", "latency", "live_sum", "received", "unobserved")
 
     def __init__(self, label: str) -> None:
         self.label = label
         self.received = [0] * len(MESSAGE_TYPES)
-        self.latency = Histogram(LATENCY_BUCKETS)
+        self.latency = Histogram(LATENCY_BUCKETS)  # explicit observations only
+        self.live_sum = 0.0  # sum of the first-bucket observations not in ``latency``
+        self.unobserved = 0  # timed messages received but not observed (not routed)
         self.breaker_trips = 0
+
+    def latency_histogram(self) -> Histogram:
+        """The full latency histogram of this series (a new object; for scrapes and reports)."""
+        received = self.received
+        explicit = self.latency
+        live = sum(received[k] for k in TIMED_KINDS) - self.unobserved - sum(explicit.counts)
+        full = Histogram(explicit.bounds)
+        full.counts = list(explicit.counts)
+        full.counts[0] += live
+        full.sum = explicit.sum + self.live_sum
+        return full

@@ -620,23 +620,23 @@ def test_quote_midpoint_is_the_routed_price(h: Harness) -> None:
 def test_latency_is_observed_for_routed_trades_and_quotes_only(h: Harness) -> None:
     series = h.core.series["AAPL"]
     h.frame(h.trade(age_s=0.3))  # standby (BOTH_UNAVAILABLE): not observed
-    assert series.latency.count == 0
+    assert series.latency_histogram().count == 0
     h.primary_up()
     h.frame(h.trade(age_s=0.3), h.quote(age_s=1.5))
-    assert series.latency.count == 2
-    assert series.latency.bounds == (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
-    assert series.latency.counts == [0, 0, 1, 0, 1, 0, 0, 0]
-    assert series.latency.sum == pytest.approx(1.8)
+    assert series.latency_histogram().count == 2
+    assert series.latency_histogram().bounds == (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+    assert series.latency_histogram().counts == [0, 0, 1, 0, 1, 0, 0, 0]
+    assert series.latency_histogram().sum == pytest.approx(1.8)
     # Bars carry their interval start, not an event time.
     h.frame(
         h.bar(age_s=30.0),
         UpdatedBar(S="AAPL", o=1, h=1, l=1, c=1, t=h.ts(60.0)),
         DailyBar(S="AAPL", o=1, h=1, l=1, c=1, t=h.ts(3600.0)),
     )
-    assert series.latency.count == 2
+    assert series.latency_histogram().count == 2
     # Rejected messages are not routed.
     h.frame(h.trade(p=-1.0, age_s=0.3))
-    assert series.latency.count == 2
+    assert series.latency_histogram().count == 2
 
 
 def test_latency_of_a_message_stamped_slightly_ahead_is_zero(h: Harness) -> None:
@@ -689,7 +689,7 @@ def test_symbol_series_are_capped_with_other(make: Callable[..., Harness]) -> No
     assert other.received[K["trade"]] == 2  # SPY (configured, past the cap) and ZZZZ (unknown)
     # SPY is still routed and measured, under __other__.
     assert h.core.symbols["SPY"].routed_price == 100.0
-    assert other.latency.count == 1
+    assert other.latency_histogram().count == 1
     assert h.core.message_counts()["trade"] == 4
 
 

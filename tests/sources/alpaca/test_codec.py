@@ -56,7 +56,7 @@ def _json_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 CASES: list[tuple[dict[str, Any], m.Message]] = [
     (
         {"T": "t", "S": "AAPL", "i": 5123, "x": "V", "p": 191.42, "s": 100, "c": ["@"], "t": T_NS, "z": "C"},
-        m.Trade(S="AAPL", p=191.42, t=T_DT, s=100, i=5123, x="V", c=["@"], z="C"),
+        m.Trade(S="AAPL", p=191.42, t=T_DT, s=100),  # i, x, c, z: not read by the exporter, not decoded
     ),
     (
         {
@@ -72,7 +72,7 @@ CASES: list[tuple[dict[str, Any], m.Message]] = [
             "t": T_NS,
             "z": "C",
         },
-        m.Quote(S="AAPL", bp=191.41, ap=191.44, t=T_DT, bs=3, as_=2, bx="V", ax="Q", c=["R"], z="C"),
+        m.Quote(S="AAPL", bp=191.41, ap=191.44, t=T_DT, bs=3, as_=2),  # nor bx, ax, c, z
     ),
     (
         {
