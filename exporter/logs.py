@@ -314,7 +314,7 @@ def configure_logging(
     """Install the exporter's handler on the root logger (replacing a previous one of ours).
 
     ``stream`` defaults to the *current* ``sys.stdout``. Handlers installed by others are left alone.
-    aiohttp's per-request access log is held at WARNING so a scrape never writes a line at INFO.
+    aiohttp's per-request access log (the Yahoo simulator's server) is held at WARNING: no line per request at INFO.
     """
     level_no = logging.getLevelName(level.upper())
     if not isinstance(level_no, int):

@@ -37,20 +37,20 @@ import hmac
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 import yaml
-from aiohttp import web
 
-__all__ = ["TLSServerConfig", "WebConfig", "basic_auth_middleware", "load_web_config"]
+__all__ = ["CHALLENGE", "BasicAuth", "TLSServerConfig", "WebConfig", "load_web_config"]
 
 log = logging.getLogger(__name__)
 
 REALM = "alpaca-exporter"
+CHALLENGE = f'Basic realm="{REALM}"'  # the WWW-Authenticate value of a 401
 
 _BCRYPT_HASH = re.compile(r"^\$2[aby]\$\d{2}\$[./A-Za-z0-9]{53}$")
 
@@ -253,14 +253,15 @@ def load_web_config(path: str | Path) -> WebConfig:
 # ---------------------------------------------------------------------------------------------------
 # Basic auth.
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 _CACHE_MAX = 1024
 
 
-class _BasicAuth:
-    def __init__(self, users: Mapping[str, bytes]) -> None:
+class BasicAuth:
+    """Demands one of ``users`` (bcrypt hashes) on every path not in ``open_paths``; the server asks ``allows``."""
+
+    def __init__(self, users: Mapping[str, bytes], open_paths: Collection[str] = ("/healthz",)) -> None:
         self._users = dict(users)
+        self._open = frozenset(open_paths)
         # user → SHA-256 of (hash, password) that bcrypt accepted; bounded, cleared when full.
         self._ok: dict[str, bytes] = {}
         # Checked for unknown users, so that they cost what known ones do (no user enumeration by
@@ -276,6 +277,10 @@ class _BasicAuth:
     @staticmethod
     def _digest(hashed: bytes, password: bytes) -> bytes:
         return hashlib.sha256(hashed + b"\x00" + password).digest()
+
+    async def allows(self, path: str, header: str | None) -> bool:
+        """Whether a request for ``path`` with this Authorization ``header`` may be served."""
+        return path in self._open or await self.check(header)
 
     async def check(self, header: str | None) -> bool:
         credentials = _parse_basic(header)
@@ -322,17 +327,3 @@ def _parse_basic(header: str | None) -> tuple[str, bytes] | None:
         return user.decode("utf-8"), password
     except UnicodeDecodeError:
         return None
-
-
-def basic_auth_middleware(users: Mapping[str, bytes], open_paths: Collection[str] = ("/healthz",)) -> Any:
-    """An aiohttp middleware demanding one of ``users`` (bcrypt hashes) on every path not in ``open_paths``."""
-    auth = _BasicAuth(users)
-    challenge = {"WWW-Authenticate": f'Basic realm="{REALM}"'}
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in open_paths or await auth.check(request.headers.get("Authorization")):
-            return await handler(request)
-        return web.Response(status=401, text="Unauthorized\n", headers=challenge)
-
-    return middleware

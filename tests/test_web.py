@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -13,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from exporter import logs
@@ -37,7 +39,7 @@ async def serve(
     status: Callable[[], Mapping[str, Any]] = lambda: {"state": "PRIMARY_ACTIVE"},
     ready: Callable[[], bool] = lambda: True,
     **kwargs: Any,
-) -> AsyncIterator[tuple[str, web.Application, web.AppRunner]]:
+) -> AsyncIterator[tuple[str, xweb.App, xweb.Server]]:
     app = xweb.create_app(
         render_metrics=render or xweb.default_render_metrics(make_registry()),
         status=status,
@@ -307,7 +309,9 @@ async def test_no_access_log_at_info(caplog: pytest.LogCaptureFixture) -> None:
     async with serve() as (base, _, _), client() as c:
         for path in ("/metrics", "/healthz", "/readyz", "/status", "/"):
             assert (await c.get(base + path)).status_code == 200
-    assert [r for r in caplog.records if r.name.startswith("aiohttp") and r.levelno >= logging.INFO] == []
+    # The server writes no access log at all (only the client, httpx, logs its requests).
+    server_side = [r for r in caplog.records if not r.name.startswith(("httpx", "httpcore"))]
+    assert [r for r in server_side if r.levelno >= logging.INFO] == []
 
 
 async def test_stop_server_is_bounded_with_request_in_flight() -> None:
@@ -373,3 +377,190 @@ async def test_scrapes_within_the_cache_window_share_one_render() -> None:
         await asyncio.sleep(0.35)
         await c.get(base + "/metrics", headers={"Accept-Encoding": "identity"})
         assert renders == 3  # the window passed: fresh values
+
+
+# --------------------------------------------------------------------------------------------------
+# The server itself (h11 over asyncio): no aiohttp, and what a production HTTP/1.1 server must do.
+
+
+def test_daemon_does_not_import_aiohttp() -> None:
+    # aiohttp costs the daemon ~10 MiB of resident memory; only the Yahoo simulator may use it.
+    out = subprocess.run(
+        [sys.executable, "-c", "import exporter.app, sys; print('aiohttp' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert out.stdout.strip() == "False", out.stderr
+
+
+async def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+async def test_head_is_get_without_body() -> None:
+    async with serve() as (base, _, _), client() as c:
+        for path in ("/", "/status", "/readyz", "/metrics"):
+            get = await c.get(base + path, headers={"Accept-Encoding": "identity"})
+            head = await c.head(base + path, headers={"Accept-Encoding": "identity"})
+            assert head.status_code == get.status_code == 200, path
+            assert head.content == b"", path
+            assert head.headers["content-type"] == get.headers["content-type"], path
+            assert head.headers["content-length"] == str(len(get.content)), path
+        assert (await c.head(base + "/nope")).status_code == 404
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"])
+async def test_other_methods_are_405_with_allow(method: str) -> None:
+    async with serve() as (base, _, _), client() as c:
+        r = await c.request(method, base + "/metrics", content=b"x" * 1000)
+        assert r.status_code == 405
+        assert r.headers["allow"] == "GET, HEAD"
+        # The request body was read, so the connection goes on serving.
+        assert (await c.get(base + "/healthz")).status_code == 200
+
+
+async def test_keep_alive_serves_many_requests_on_one_connection() -> None:
+    async with serve() as (base, _, runner), client() as c:
+        clients = set()
+        for path in ("/healthz", "/metrics", "/readyz", "/status", "/", "/nope", "/healthz"):
+            r = await c.get(base + path)
+            clients.add(r.extensions["network_stream"].get_extra_info("client_addr"))
+            assert r.headers.get("connection") != "close"
+        assert len(clients) == 1
+        # Pipelined requests on one connection are answered in order; the last one asks to close.
+        port = xweb.bound_port(runner)
+        one = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+        last = b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        raw = await raw_exchange(port, one + one + last)
+    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 3
+    assert raw.endswith(b"ready\n")
+    assert raw.index(b"ok\n") < raw.index(b"ready\n")
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"this is not HTTP\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", b"400"),  # HTTP/1.1 without Host
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n", b"400"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(64) + b"\r\n\r\n", b"400"),  # TLS to a plain port
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n", b"431"),
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 200_000, b"431"),  # never ends
+        (b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000, b"413"),
+    ],
+)
+async def test_malformed_requests_are_answered_and_closed(data: bytes, status: bytes) -> None:
+    async with serve() as (base, _, runner), client() as c:
+        raw = await raw_exchange(xweb.bound_port(runner), data)
+        assert raw.startswith(b"HTTP/1.1 " + status + b" "), raw[:100]
+        assert b"connection: close" in raw.lower()
+        assert (await c.get(base + "/healthz")).status_code == 200  # the server lives on
+
+
+async def test_handler_exception_is_500_and_server_lives_on(caplog: pytest.LogCaptureFixture) -> None:
+    async def boom(request: xweb.Request) -> xweb.Response:
+        raise RuntimeError("handler bug")
+
+    async with serve() as (base, app, _), client() as c:
+        app.routes["/boom"] = boom
+        r = await c.get(base + "/boom")
+        assert r.status_code == 500
+        assert "handler bug" not in r.text
+        assert (await c.get(base + "/healthz")).status_code == 200
+    assert any("HTTP handler failed" in rec.message for rec in caplog.records)
+
+
+@asynccontextmanager
+async def serve_with_timeouts(header_timeout: float, keepalive_timeout: float) -> AsyncIterator[int]:
+    app = xweb.create_app(render_metrics=lambda a: (b"up 1\n", "text/plain"), status=dict, ready=lambda: True)
+    runner = await xweb.start_server(
+        app, "127.0.0.1", 0, header_timeout=header_timeout, keepalive_timeout=keepalive_timeout
+    )
+    try:
+        yield xweb.bound_port(runner)
+    finally:
+        await xweb.stop_server(runner)
+
+
+async def test_silent_client_is_disconnected() -> None:
+    async with serve_with_timeouts(header_timeout=0.3, keepalive_timeout=30.0) as port:
+        t0 = time.perf_counter()
+        raw = await raw_exchange(port, b"")
+        elapsed = time.perf_counter() - t0
+    assert raw == b""  # nothing was asked, nothing is answered
+    assert 0.25 <= elapsed < 2.0
+
+
+async def test_trickling_client_is_cut_off() -> None:
+    async with serve_with_timeouts(header_timeout=0.4, keepalive_timeout=30.0) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        t0 = time.perf_counter()
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\n")
+
+        async def trickle() -> None:
+            # One header byte every 50 ms: data keeps coming, the request never completes.
+            with contextlib.suppress(OSError):
+                for _ in range(100):
+                    writer.write(b"X-Slow: a\r\n"[:1])
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+
+        trickler = asyncio.create_task(trickle())
+        try:
+            async with asyncio.timeout(3.0):
+                raw = await reader.read(-1)
+            elapsed = time.perf_counter() - t0
+        finally:
+            trickler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trickler
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    assert raw.startswith(b"HTTP/1.1 408 ")
+    assert 0.35 <= elapsed < 2.0
+
+
+async def test_idle_keep_alive_connection_is_closed() -> None:
+    async with serve_with_timeouts(header_timeout=5.0, keepalive_timeout=0.3) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(3.0):
+                raw = b""
+                while not raw.endswith(b"ok\n"):
+                    raw += await reader.read(1024)
+                t0 = time.perf_counter()
+                rest = await reader.read(-1)  # the server closes the idle connection
+            elapsed = time.perf_counter() - t0
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert rest == b""
+    assert 0.25 <= elapsed < 2.0
+
+
+async def test_stop_closes_idle_keep_alive_connections_at_once() -> None:
+    app = xweb.create_app(render_metrics=lambda a: (b"up 1\n", "text/plain"), status=dict, ready=lambda: True)
+    runner = await xweb.start_server(app, "127.0.0.1", 0, shutdown_timeout=3.0)
+    async with client() as c:
+        assert (await c.get(f"http://127.0.0.1:{xweb.bound_port(runner)}/healthz")).status_code == 200
+        t0 = time.perf_counter()
+        await xweb.stop_server(runner, bound=5.0)
+        elapsed = time.perf_counter() - t0
+    assert elapsed < 1.0  # the idle connection did not hold the shutdown for shutdown_timeout
