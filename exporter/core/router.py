@@ -462,6 +462,7 @@ class Core:
         other = self.other
         metrics = self.config.metrics
         percent = self.config.breaker_percent
+        closed, inf, first_bound, primary = _CLOSED, _INF, _LATENCY_FIRST_BOUND, PRIMARY  # locals: cheaper loads
         routed_now = self.state is State.PRIMARY_ACTIVE
         rejected = self.rejected
         n_routed = n_standby = n_rejected = n_data = 0
@@ -476,7 +477,7 @@ class Core:
                 p = m.p
                 price: float | None = p
                 age = (wall - m.t).total_seconds()
-                if not (0.0 < p < _INF):
+                if not (0.0 < p < inf):
                     reason = "invalid_price"
                 elif m.s < 0:
                     reason = "invalid_size"
@@ -490,7 +491,7 @@ class Core:
                 k = 1
                 bp, ap = m.bp, m.ap
                 age = (wall - m.t).total_seconds()
-                if not (0.0 <= bp < _INF and 0.0 <= ap < _INF) or (bp == 0.0 and ap == 0.0):
+                if not (0.0 <= bp < inf and 0.0 <= ap < inf) or (bp == 0.0 and ap == 0.0):
                     reason = "invalid_price"
                 elif m.bs < 0 or m.as_ < 0:
                     reason = "invalid_size"
@@ -555,13 +556,13 @@ class Core:
             if reason is None and price is not None:
                 # _admit's common case inline: record the price as seen; a closed breaker whose
                 # reference agrees accepts it (Breaker.check, CLOSED branch). Anything else: _admit.
-                st.seen_price[PRIMARY] = price
-                st.seen_at[PRIMARY] = now
+                st.seen_price[primary] = price
+                st.seen_at[primary] = now
                 b = st.breaker
                 ref = b.reference
-                if b.state is _CLOSED and (ref is None or abs(price - ref) * 100.0 <= percent * ref):
+                if b.state is closed and (ref is None or abs(price - ref) * 100.0 <= percent * ref):
                     b.reference = price
-                    st.last_price[PRIMARY] = price
+                    st.last_price[primary] = price
                 else:
                     reason = self._admit(st, PRIMARY, price, now)
             if reason is not None:
@@ -574,11 +575,11 @@ class Core:
                 n_routed += 1
                 if price is not None:
                     st.routed_price = price
-                    st.routed_source = PRIMARY
+                    st.routed_source = primary
                 if metrics and (k < 2 or k > 4):
                     # Latency of routed messages that carry an event time (bars carry their start time).
                     # The live case only adds to the sum: its count is derived (SymbolSeries).
-                    if 0.0 <= age <= _LATENCY_FIRST_BOUND:
+                    if 0.0 <= age <= first_bound:
                         series.live_sum += age
                     else:
                         series.latency.observe(age if age > 0.0 else 0.0)
