@@ -551,8 +551,6 @@ class Core:
                 n_rejected += 1
                 continue
             series = st.series or other
-            if metrics:
-                series.received[k] += 1
             if reason is None and price is not None:
                 # _admit's common case inline: record the price as seen; a closed breaker whose
                 # reference agrees accepts it (Breaker.check, CLOSED branch). Anything else: _admit.
@@ -565,29 +563,36 @@ class Core:
                     st.last_price[primary] = price
                 else:
                     reason = self._admit(st, PRIMARY, price, now)
+            # Each outcome counts the message as received once, under one `if metrics`.
             if reason is not None:
                 rejected[reason] += 1
                 n_rejected += 1
-                if metrics and (k < 2 or k > 4):
-                    series.unobserved += 1
+                if metrics:
+                    series.received[k] += 1
+                    if k < 2 or k > 4:  # timed: received but not observed
+                        series.unobserved += 1
                 continue
             if routed_now:
                 n_routed += 1
                 if price is not None:
                     st.routed_price = price
                     st.routed_source = primary
-                if metrics and (k < 2 or k > 4):
-                    # Latency of routed messages that carry an event time (bars carry their start time).
-                    # The live case only adds to the sum: its count is derived (SymbolSeries).
-                    if 0.0 <= age <= first_bound:
-                        series.live_sum += age
-                    else:
-                        series.latency.observe(age if age > 0.0 else 0.0)
                 st.routed_wall = wall_s
+                if metrics:
+                    series.received[k] += 1
+                    if k < 2 or k > 4:
+                        # Latency of routed messages that carry an event time (bars carry their start
+                        # time). The live case only adds to the sum: its count is derived (SymbolSeries).
+                        if 0.0 <= age <= first_bound:
+                            series.live_sum += age
+                        else:
+                            series.latency.observe(age if age > 0.0 else 0.0)
             else:
                 n_standby += 1
-                if metrics and (k < 2 or k > 4):
-                    series.unobserved += 1
+                if metrics:
+                    series.received[k] += 1
+                    if k < 2 or k > 4:
+                        series.unobserved += 1
         self.received[PRIMARY] += n_data
         self.routed[PRIMARY] += n_routed
         self.standby[PRIMARY] += n_standby
