@@ -320,6 +320,17 @@ def _request(event: h11.Request) -> Request:
     return Request(event.method.decode("ascii", "replace"), unquote(path), headers)
 
 
+_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_DATE: list[Any] = [0, ""]  # (second, formatted): one formatdate per second, not per response
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if _DATE[0] != now:
+        _DATE[0], _DATE[1] = now, formatdate(now, usegmt=True)
+    return str(_DATE[1])
+
+
 class Server:
     """A listening socket and its connections (what aiohttp called the runner)."""
 
@@ -513,17 +524,18 @@ class Server:
         headers = [
             ("Content-Type", response.content_type),
             ("Content-Length", str(len(response.body))),  # for HEAD too: what GET would send
-            ("Date", formatdate(usegmt=True)),
+            ("Date", _http_date()),
             *response.headers.items(),
         ]
-        reason = HTTPStatus(response.status).phrase.encode("ascii")
-        writer.write(conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason)))
-        if response.body and not head:
-            writer.write(conn.send(h11.Data(data=response.body)))
-        writer.write(conn.send(h11.EndOfMessage()))
-        # A client that does not read its response must not hold the connection forever.
-        async with asyncio.timeout(_WRITE_TIMEOUT):
-            await writer.drain()
+        reason = _REASONS.get(response.status) or HTTPStatus(response.status).phrase.encode("ascii")
+        head_bytes = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+        body = conn.send(h11.Data(data=response.body)) if response.body and not head else b""
+        # One write, so one send(2) for the whole response (three writes cost ~20 % of a small request).
+        writer.write(b"".join((head_bytes or b"", body or b"", conn.send(h11.EndOfMessage()) or b"")))
+        if writer.transport.get_write_buffer_size():
+            # A client that does not read its response must not hold the connection forever.
+            async with asyncio.timeout(_WRITE_TIMEOUT):
+                await writer.drain()
 
 
 async def start_server(
