@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz, /status and a landing page, on h11 over asyncio.
+"""HTTP endpoints: /metrics, /healthz, /readyz, /status and a landing page, on httptools over asyncio.
 
 The application knows nothing of the router or the registry: the daemon hands it callables.
 
@@ -17,11 +17,15 @@ The application knows nothing of the router or the registry: the daemon hands it
   text (``logs.redact``), so a secret can reach the page neither as a field nor inside a message.
 - Access logging is off: a scrape never writes a log line.
 
-The server is ``h11`` (sans-I/O HTTP/1.1) glued to ``asyncio.start_server``, not aiohttp: the daemon
-needs five GET endpoints, and aiohttp alone added ~10 MiB to its resident memory. It keeps
-connections alive, answers HEAD like GET without the body, 405 for other methods, bounds request
-headers and bodies, and closes a connection that sends no complete request within ``header_timeout``
-(a slow client) or idles past ``keepalive_timeout`` between requests.
+The server is ``httptools`` (bindings to llhttp, the C parser of aiohttp and uvicorn) driven by an
+``asyncio.Protocol``, not aiohttp: the daemon needs five GET endpoints, and aiohttp alone added
+~10 MiB to its resident memory. It replaced a pure-Python parser (h11 over asyncio streams) that cost
+~3x aiohttp's CPU per request, which an HTTP flood took from ingestion on the same loop: parsing is in
+C, each response is one write, and the read deadlines share one lazily moved timer per connection.
+It keeps connections alive
+(pipelined requests answered in order), answers HEAD like GET without the body, 405 for other
+methods, bounds request headers and bodies, and closes a connection that sends no complete request
+within ``header_timeout`` (a slow client) or idles past ``keepalive_timeout`` between requests.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import json
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -41,7 +46,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import h11
+import httptools
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
@@ -77,7 +82,6 @@ HEADER_TIMEOUT = 10.0  # seconds to send a complete request (slowloris guard)
 KEEPALIVE_TIMEOUT = 75.0  # seconds idle between requests before the server closes (aiohttp's default)
 _MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger is a 431
 _MAX_BODY_BYTES = 64 * 1024  # no endpoint reads a body; a larger one is a 413
-_READ_SIZE = 64 * 1024
 _WRITE_TIMEOUT = 30.0  # a client that does not read its response
 _LINGER_SECONDS = 1.0  # after an error answer, how long (and how much) unread input is drained
 _LINGER_BYTES = 1024 * 1024
@@ -306,22 +310,16 @@ def heartbeat_of(app: App) -> Heartbeat:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The server: h11 does HTTP/1.1, this is the asyncio glue around it.
+# The server: httptools (llhttp) parses HTTP/1.1, an asyncio.Protocol per connection does the rest.
 
-
-def _request(event: h11.Request) -> Request:
-    headers: dict[str, str] = {}
-    for name, value in event.headers:  # h11 gives names in lower case
-        key, text = name.decode("latin-1"), value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    target = event.target.decode("latin-1")
-    # origin-form (/metrics?x) is what clients send; absolute-form (http://host/metrics) is legal too.
-    path = target.partition("?")[0] if target.startswith("/") else urlsplit(target).path
-    return Request(event.method.decode("ascii", "replace"), unquote(path), headers)
-
-
-_REASONS = {status.value: status.phrase.encode("ascii") for status in HTTPStatus}
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 _DATE: list[Any] = [0, ""]  # (second, formatted): one formatdate per second, not per response
+
+# A connection's read deadline is for a request to complete (_HEADER) or for the next one to start (_IDLE).
+_HEADER = 1
+_IDLE = 2
+_MAX_QUEUED = 32  # pipelined requests waiting for an answer before the connection stops reading
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def _http_date() -> str:
@@ -329,6 +327,404 @@ def _http_date() -> str:
     if _DATE[0] != now:
         _DATE[0], _DATE[1] = now, formatdate(now, usegmt=True)
     return str(_DATE[1])
+
+
+def _encode(response: Response, *, head: bool, connection: str | None) -> bytes:
+    """The whole response as one bytes object (one write, so one send(2) for a small response)."""
+    body = response.body
+    parts = [
+        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
+        f"Content-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n"  # for HEAD too: what GET would send
+        f"Date: {_http_date()}\r\n"
+    ]
+    for name, value in response.headers.items():
+        parts.append(f"{name}: {value}\r\n")
+    if connection is not None and "Connection" not in response.headers:
+        parts.append(f"Connection: {connection}\r\n")
+    parts.append("\r\n")
+    text = "".join(parts)
+    lines = len(parts) + 3  # the first part holds four lines
+    if text.count("\n") != lines or text.count("\r") != lines:
+        raise ValueError("a response header contains CR or LF")  # it would split the response
+    data = text.encode("latin-1")
+    return data + body if body and not head else data
+
+
+class _Reject(Exception):
+    """Raised in a parser callback to stop parsing and answer the request with ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse with httptools, answer in order, keep the deadlines."""
+
+    __slots__ = (
+        "body_bytes",
+        "current",
+        "deadline",
+        "deadline_kind",
+        "done_reading",
+        "eof",
+        "head_bytes",
+        "headers",
+        "http11",
+        "in_head",
+        "in_message",
+        "linger_budget",
+        "linger_timer",
+        "loop",
+        "messages",
+        "parser",
+        "partial",
+        "queue",
+        "reading_paused",
+        "reject",
+        "server",
+        "shut",
+        "task",
+        "timer",
+        "transport",
+        "url",
+        "write_paused",
+        "write_timer",
+    )
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        # Parsed requests not answered yet, in order: (request, Connection header to send) or a status
+        # to reject with (after which the connection closes).
+        self.queue: deque[tuple[Request, str | None] | int] = deque()
+        self.task: asyncio.Task[Response] | None = None  # a handler that suspended
+        self.current: tuple[Request, str | None] | None = None  # the request that task answers
+        # The request being parsed.
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.head_bytes = 0  # request line + headers, counted in the callbacks
+        self.partial = 0  # bytes of a head that is still incomplete, counted in data_received
+        self.body_bytes = 0
+        self.http11 = True
+        self.in_message = False  # some bytes of a request came, and it is not complete
+        self.in_head = False  # ... and its headers are not complete either
+        self.messages = 0
+        self.reject = 400  # the status a parser error is answered with
+        # One timer for the read deadline, moved lazily: a deadline further away than the timer's only
+        # updates ``deadline`` (the timer re-arms itself when it fires early), so a keep-alive request
+        # usually costs no timer handle at all.
+        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None
+        self.deadline_kind = _HEADER
+        self.write_timer: asyncio.TimerHandle | None = None
+        self.linger_timer: asyncio.TimerHandle | None = None
+        self.linger_budget = -1  # >= 0 while discarding input after an error answer
+        self.done_reading = False  # no further request will be parsed
+        self.shut = False  # no further response will be written
+        self.eof = False
+        self.reading_paused = False
+        self.write_paused = False
+
+    # -- transport events ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server._connections.add(self)
+        if self.server._closing:
+            self._close()
+            return
+        # The first request must be complete within header_timeout of the connection.
+        self._arm(self.server.header_timeout, _HEADER)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self.timer, self.write_timer, self.linger_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.write_timer = self.linger_timer = None
+        self.shut = self.done_reading = True
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()
+        if exc is not None:
+            # A client that goes away or stops reading: its problem, not worth a line at INFO.
+            log.debug("HTTP connection ended: %s: %s", type(exc).__name__, exc)
+        self.server._connection_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.done_reading:
+            if self.linger_budget >= 0:
+                self.linger_budget -= len(data)
+                if self.linger_budget < 0:
+                    self._close()
+            return
+        try:
+            if len(data) <= _MAX_HEADER_BYTES:
+                self._feed(data)
+            else:
+                # In slices, so that a head that never ends is caught after a few of them (httptools
+                # buffers an incomplete header line itself, and llhttp sets no limit).
+                view = memoryview(data)
+                for start in range(0, len(data), _MAX_HEADER_BYTES):
+                    self._feed(view[start : start + _MAX_HEADER_BYTES])
+                    if self.done_reading:
+                        break
+            self._process()
+        except Exception:
+            log.exception("HTTP connection failed")
+            self._abort()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.linger_budget >= 0 or self.in_message:
+            return False  # close
+        # Requests that came before the half-close are still answered (not over TLS, which cannot
+        # half-close).
+        busy = bool(self.queue) or self.task is not None
+        return busy and self.transport is not None and self.transport.get_extra_info("sslcontext") is None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.write_timer is None:
+            # A client that does not read its response must not hold the connection forever.
+            self.write_timer = self.loop.call_later(_WRITE_TIMEOUT, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.write_timer is not None and not self.shut:
+            self.write_timer.cancel()
+            self.write_timer = None
+        self._process()
+
+    # -- httptools callbacks -------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_message = self.in_head = True
+        self.messages += 1
+        self.url = b""
+        self.headers = {}
+        self.head_bytes = self.partial = self.body_bytes = 0
+        if self.deadline is None or self.deadline_kind != _HEADER:
+            # A later request must be complete within header_timeout of its first byte.
+            self._arm(self.server.header_timeout, _HEADER)
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > _MAX_HEADER_BYTES:
+            self._fail(431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > _MAX_HEADER_BYTES:
+            self._fail(431)
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        headers = self.headers
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        if parser.should_upgrade():
+            self._fail(400)  # no endpoint speaks another protocol (nor answers CONNECT)
+        version = parser.get_http_version()
+        self.http11 = version == "1.1"
+        headers = self.headers
+        if self.http11:
+            if "host" not in headers:
+                self._fail(400)
+        elif version != "1.0":
+            self._fail(505)
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > _MAX_BODY_BYTES:
+            self._fail(413)  # do not wait for a body that will be refused
+        if (
+            self.http11
+            and headers.get("expect", "").lower() == "100-continue"
+            and not self.queue
+            and self.task is None
+            and self.transport is not None
+        ):
+            self.transport.write(_CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > _MAX_BODY_BYTES:  # no endpoint takes a body; do not buffer one
+            self._fail(413)
+
+    def on_message_complete(self) -> None:
+        self.in_message = False
+        self.deadline = None
+        target = self.url.decode("latin-1")
+        # origin-form (/metrics?x) is what clients send; absolute-form (http://host/metrics) is legal too.
+        path = target.partition("?")[0] if target.startswith("/") else urlsplit(target).path
+        request = Request(self.parser.get_method().decode("ascii", "replace"), unquote(path), self.headers)
+        if not self.parser.should_keep_alive():
+            connection: str | None = "close"  # Connection: close, or HTTP/1.0 without keep-alive
+            self.done_reading = True
+        else:
+            connection = None if self.http11 else "keep-alive"
+        self.queue.append((request, connection))
+        if len(self.queue) >= _MAX_QUEUED and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    # -- the work --------------------------------------------------------------------------------
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        was_in_head, messages = self.in_head, self.messages
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._queue_reject(400)
+        except httptools.HttpParserError:
+            self._queue_reject(self.reject)  # after a request that closes the connection, ignored
+        else:
+            if self.in_head and was_in_head and self.messages == messages:
+                # The whole slice was part of one incomplete head.
+                self.partial += len(data)
+                if self.partial > _MAX_HEADER_BYTES:
+                    self._queue_reject(431)
+
+    def _fail(self, status: int) -> None:
+        self.reject = status
+        raise _Reject(status)
+
+    def _queue_reject(self, status: int) -> None:
+        if self.done_reading:
+            return
+        self.done_reading = True
+        self.in_message = False
+        self.deadline = None
+        self.queue.append(status)
+
+    def _process(self) -> None:
+        """Answer the queued requests in order, as far as handlers complete without waiting."""
+        queue = self.queue
+        while queue and self.task is None and not self.write_paused and not self.shut:
+            item = queue.popleft()
+            if self.reading_paused and len(queue) < _MAX_QUEUED // 2 and self.transport is not None:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            if isinstance(item, int):
+                self._reject(item)
+                return
+            # One task per request, one request at a time per connection: pipelined answers stay in order.
+            self.current = item
+            self.task = self.loop.create_task(self.server._dispatch(item[0]))
+            self.task.add_done_callback(self._handled)
+            return
+        if not queue and self.task is None and not self.shut:
+            if self.eof:
+                self._close()  # the client half-closed and everything it asked is answered
+            elif not self.in_message and self.deadline is None:
+                self._arm(self.server.keepalive_timeout, _IDLE)
+
+    def _handled(self, task: asyncio.Task[Response]) -> None:
+        self.task = None
+        item, self.current = self.current, None
+        if task.cancelled() or self.shut or item is None:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("HTTP connection failed", exc_info=exc)
+            self._abort()
+            return
+        try:
+            self._respond(item, task.result())
+            self._process()
+        except Exception:
+            log.exception("HTTP connection failed")
+            self._abort()
+
+    def _respond(self, item: tuple[Request, str | None], response: Response) -> None:
+        assert self.transport is not None
+        request, connection = item
+        if self.server._closing:
+            response.headers["Connection"] = "close"
+            connection = "close"
+        head = request.method == "HEAD"
+        try:
+            data = _encode(response, head=head, connection=connection)
+        except ValueError:
+            log.exception("HTTP handler gave an invalid response", extra={"path": request.path})
+            data = _encode(_text("500: Internal Server Error\n", 500), head=head, connection=connection)
+        self.transport.write(data)
+        if connection == "close":
+            self.done_reading = True
+            self._close()
+
+    def _reject(self, status: int) -> None:
+        """Answer a request that will not be served (bad, too large, too slow); the connection then closes."""
+        assert self.transport is not None
+        self.shut = self.done_reading = True
+        self.deadline = None
+        phrase = HTTPStatus(status).phrase
+        response = _text(f"{status}: {phrase}\n", status, headers={"Connection": "close"})
+        self.transport.write(_encode(response, head=False, connection="close"))
+        # Lingering close: closing with unread input makes the kernel send a reset, which can destroy the
+        # answer before the client reads it. Half-close, then discard what still comes, briefly.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.linger_budget = _LINGER_BYTES
+        self.linger_timer = self.loop.call_later(_LINGER_SECONDS, self._close)
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _arm(self, seconds: float, kind: int) -> None:
+        deadline = self.loop.time() + seconds
+        self.deadline, self.deadline_kind = deadline, kind
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        deadline = self.deadline
+        if deadline is None or self.shut:
+            return
+        if deadline > self.loop.time() + 0.001:  # moved on since the timer was set
+            self.timer = self.loop.call_at(deadline, self._timed_out)
+            return
+        self.deadline = None
+        if self.deadline_kind == _HEADER and self.in_message:
+            self._queue_reject(408)  # some of a request came, not all of it in time
+            self._process()
+        elif not self.queue and self.task is None:
+            self._close()  # silent since connecting, or idle between requests: closed without a word
+
+    def _write_timed_out(self) -> None:
+        self.write_timer = None
+        log.debug("HTTP connection ended: the client did not read its response")
+        self._abort()
+
+    def _close(self) -> None:
+        self.shut = self.done_reading = True
+        if self.transport is None:
+            return
+        self.transport.close()
+        if self.transport.get_write_buffer_size() and self.write_timer is None:
+            # close() waits for the buffer to drain; a client that does not read must not hold it.
+            self.write_timer = self.loop.call_later(_WRITE_TIMEOUT, self._write_timed_out)
+
+    def _abort(self) -> None:
+        self.shut = self.done_reading = True
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def shutdown(self) -> None:
+        """The server stops: close now if idle, else after the answer in progress (Connection: close)."""
+        if self.task is None and not self.write_paused:
+            self._close()
 
 
 class Server:
@@ -350,8 +746,8 @@ class Server:
         self.keepalive_timeout = keepalive_timeout
         self._server: asyncio.Server | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        # connection task → whether it is answering a request (shutdown waits for those, not idle ones)
-        self._connections: dict[asyncio.Task[Any], bool] = {}
+        self._connections: set[_Connection] = set()
+        self._all_closed: asyncio.Future[None] | None = None  # set when the last connection is gone
         self._closing = False
 
     @property
@@ -359,8 +755,9 @@ class Server:
         return tuple(self._server.sockets) if self._server is not None else ()
 
     async def start(self, host: str | None, port: int) -> None:
-        self._server = await asyncio.start_server(
-            self._accept,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self),
             host,
             port,
             ssl=self.ssl_context,
@@ -375,14 +772,18 @@ class Server:
         self._closing = True
         if self._server is not None:
             self._server.close()
-        for task, busy in list(self._connections.items()):
-            if not busy:
-                task.cancel()
         if self._connections:
-            _, pending = await asyncio.wait(list(self._connections), timeout=self.shutdown_timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            self._all_closed = asyncio.get_running_loop().create_future()
+            for connection in list(self._connections):
+                connection.shutdown()
+            if self._connections:
+                await asyncio.wait([self._all_closed], timeout=self.shutdown_timeout)
+            if self._connections:
+                waiters: list[asyncio.Future[Any]] = [self._all_closed]
+                waiters += [c.task for c in self._connections if c.task is not None]
+                for connection in list(self._connections):
+                    connection._abort()
+                await asyncio.wait(waiters, timeout=1.0)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -390,107 +791,10 @@ class Server:
         if self._server is not None:
             await self._server.wait_closed()
 
-    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # A plain callback that makes its own task: asyncio's wrapper for a coroutine callback (3.11)
-        # reports a task cancelled by close() as an error, and the task is tracked from its first moment.
-        task = asyncio.create_task(self._connection(reader, writer))
-        self._connections[task] = False
-        task.add_done_callback(self._connection_done)
-
-    def _connection_done(self, task: asyncio.Task[None]) -> None:
-        self._connections.pop(task, None)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("HTTP connection failed", exc_info=exc)
-
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_HEADER_BYTES)
-        try:
-            first = True
-            while not self._closing:
-                request = await self._read_request(conn, reader, writer, first=first)
-                first = False
-                if request is None:
-                    break
-                self._connections[task] = True
-                response = await self._dispatch(request)
-                if self._closing:
-                    response.headers["Connection"] = "close"
-                await self._send(conn, writer, response, head=request.method == "HEAD")
-                self._connections[task] = False
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    break  # Connection: close, HTTP/1.0, or a body we did not read
-                conn.start_next_cycle()
-        except (OSError, TimeoutError, h11.ProtocolError) as exc:
-            # A client that goes away or stops reading: its problem, not worth a line at INFO.
-            log.debug("HTTP connection ended: %s: %s", type(exc).__name__, exc)
-        except Exception:
-            log.exception("HTTP connection failed")
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
-
-    async def _read_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, first: bool
-    ) -> Request | None:
-        """The next complete request, or None when the connection is to close (answered, if it can be)."""
-        # The first request must be complete within header_timeout of the connection; a later one gets
-        # keepalive_timeout to start and then header_timeout to complete, so a trickle cannot hold a slot.
-        progress = [bool(conn.trailing_data[0])]  # whether any byte of it came (a pipelined one may be buffered)
-        try:
-            outcome = await self._receive(conn, reader, writer, progress, started=first or progress[0])
-        except TimeoutError:
-            outcome = 408 if progress[0] else None  # an idle connection is closed without a word
-        except h11.RemoteProtocolError as exc:
-            outcome = exc.error_status_hint  # 400, or 431 for headers too large
-        if isinstance(outcome, int):
-            await self._reject(conn, reader, writer, outcome)
-            return None
-        return outcome
-
-    async def _receive(
-        self,
-        conn: h11.Connection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        progress: list[bool],
-        *,
-        started: bool,
-    ) -> Request | int | None:
-        """Read one request under its deadline: the request, a status to reject it with, or None (closed)."""
-        loop = asyncio.get_running_loop()
-        request: h11.Request | None = None
-        body = 0
-        async with asyncio.timeout(self.header_timeout if started else self.keepalive_timeout) as deadline:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    if conn.they_are_waiting_for_100_continue:
-                        go_on = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
-                        writer.write(conn.send(go_on))
-                    data = await reader.read(_READ_SIZE)
-                    if data and not progress[0]:
-                        progress[0] = True
-                        if not started:
-                            started = True
-                            deadline.reschedule(loop.time() + self.header_timeout)
-                    conn.receive_data(data)  # b"" tells h11 the client closed
-                elif isinstance(event, h11.Request):
-                    # h11 bounds only a request still incomplete; one that arrived whole is measured here.
-                    if len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers) > _MAX_HEADER_BYTES:
-                        return 431
-                    request = event
-                elif isinstance(event, h11.Data):
-                    body += len(event.data)
-                    if body > _MAX_BODY_BYTES:  # no endpoint takes a body; do not buffer one
-                        return 413
-                elif isinstance(event, h11.EndOfMessage) and request is not None:
-                    return _request(request)
-                else:  # ConnectionClosed between requests
-                    return None
+    def _connection_lost(self, connection: _Connection) -> None:
+        self._connections.discard(connection)
+        if not self._connections and self._all_closed is not None and not self._all_closed.done():
+            self._all_closed.set_result(None)
 
     async def _dispatch(self, request: Request) -> Response:
         try:
@@ -499,43 +803,6 @@ class Server:
             # Handlers catch their own failures; this guards the connection against one that does not.
             log.exception("HTTP handler failed", extra={"path": request.path})
             return _text("500: Internal Server Error\n", 500)
-
-    async def _reject(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, status: int
-    ) -> None:
-        """Answer a request that will not be served (bad, too large, too slow); the connection then closes."""
-        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
-        phrase = HTTPStatus(status).phrase
-        await self._send(conn, writer, _text(f"{status}: {phrase}\n", status, headers={"Connection": "close"}))
-        # Lingering close: closing with unread input makes the kernel send a reset, which can destroy the
-        # answer before the client reads it. Half-close, then discard what still comes, briefly.
-        if writer.can_write_eof():
-            writer.write_eof()
-        with contextlib.suppress(OSError, TimeoutError):
-            async with asyncio.timeout(_LINGER_SECONDS):
-                budget = _LINGER_BYTES
-                while budget > 0 and (data := await reader.read(_READ_SIZE)):
-                    budget -= len(data)
-
-    async def _send(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, response: Response, *, head: bool = False
-    ) -> None:
-        headers = [
-            ("Content-Type", response.content_type),
-            ("Content-Length", str(len(response.body))),  # for HEAD too: what GET would send
-            ("Date", _http_date()),
-            *response.headers.items(),
-        ]
-        reason = _REASONS.get(response.status) or HTTPStatus(response.status).phrase.encode("ascii")
-        head_bytes = conn.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
-        body = conn.send(h11.Data(data=response.body)) if response.body and not head else b""
-        # One write, so one send(2) for the whole response (three writes cost ~20 % of a small request).
-        writer.write(b"".join((head_bytes or b"", body or b"", conn.send(h11.EndOfMessage()) or b"")))
-        if writer.transport.get_write_buffer_size():
-            # A client that does not read its response must not hold the connection forever.
-            async with asyncio.timeout(_WRITE_TIMEOUT):
-                await writer.drain()
 
 
 async def start_server(

@@ -380,7 +380,7 @@ async def test_scrapes_within_the_cache_window_share_one_render() -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# The server itself (h11 over asyncio): no aiohttp, and what a production HTTP/1.1 server must do.
+# The server itself (httptools over asyncio): no aiohttp, and what a production HTTP/1.1 server must do.
 
 
 def test_daemon_does_not_import_aiohttp() -> None:
@@ -564,3 +564,209 @@ async def test_stop_closes_idle_keep_alive_connections_at_once() -> None:
         await xweb.stop_server(runner, bound=5.0)
         elapsed = time.perf_counter() - t0
     assert elapsed < 1.0  # the idle connection did not hold the shutdown for shutdown_timeout
+
+
+async def read_responses(reader: asyncio.StreamReader, count: int) -> list[tuple[bytes, bytes]]:
+    """``count`` responses (head, body) off a keep-alive connection, each framed by its Content-Length."""
+    out = []
+    for _ in range(count):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        )
+        out.append((head, await reader.readexactly(length)))
+    return out
+
+
+async def test_pipelined_requests_behind_a_waiting_handler_keep_their_order() -> None:
+    async def slow(request: xweb.Request) -> xweb.Response:
+        await asyncio.sleep(0.05)  # a handler that waits is answered from a task, still in order
+        await asyncio.sleep(0)
+        return xweb.Response(body=b"slow\n")
+
+    async def fails_later(request: xweb.Request) -> xweb.Response:
+        await asyncio.sleep(0.01)
+        raise RuntimeError("handler bug")
+
+    async with serve() as (_, app, runner):
+        app.routes["/slow"] = slow
+        app.routes["/fails"] = fails_later
+        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
+        try:
+            paths = ["/slow", "/healthz", "/fails", "/readyz", "/slow", "/nope"] + ["/healthz"] * 600
+            writer.write(b"".join(f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for p in paths))
+            async with asyncio.timeout(5.0):
+                responses = await read_responses(reader, len(paths))
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    bodies = [body for _, body in responses]
+    assert bodies[:6] == [
+        b"slow\n",
+        b"ok\n",
+        b"500: Internal Server Error\n",
+        b"ready\n",
+        b"slow\n",
+        b"404: Not Found\n",
+    ]
+    assert bodies[6:] == [b"ok\n"] * 600  # more than it queues before it stops reading; > 16 KiB at once
+
+
+async def test_http10_closes_unless_keep_alive_is_asked() -> None:
+    async with serve() as (_, _, runner):
+        port = xweb.bound_port(runner)
+        raw = await raw_exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"connection: close" in raw.lower()
+        assert raw.endswith(b"ok\n")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            for _ in range(2):
+                writer.write(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                async with asyncio.timeout(5.0):
+                    [(head, body)] = await read_responses(reader, 1)
+                assert b"connection: keep-alive" in head.lower()
+                assert body == b"ok\n"
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", b"400"),
+        (b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n", b"505"),
+        (b"GET /healthz?" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", b"431"),  # a long target
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"X-Many: a\r\n" * 2_000 + b"\r\n", b"431"),
+        (
+            b"POST /metrics HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"ffff\r\n"
+            + b"x" * 65535
+            + b"\r\n10\r\n"
+            + b"x" * 16,
+            b"413",
+        ),
+    ],
+)
+async def test_more_requests_that_are_refused(data: bytes, status: bytes) -> None:
+    async with serve() as (base, _, runner), client() as c:
+        raw = await raw_exchange(xweb.bound_port(runner), data)
+        assert raw.startswith(b"HTTP/1.1 " + status + b" "), raw[:100]
+        assert b"connection: close" in raw.lower()
+        assert (await c.get(base + "/healthz")).status_code == 200
+
+
+async def test_a_refused_request_is_answered_after_the_ones_before_it() -> None:
+    async with serve() as (_, _, runner):
+        good = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+        raw = await raw_exchange(xweb.bound_port(runner), good + good + b"this is not HTTP\r\n\r\n" + good)
+    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2
+    assert raw.index(b"HTTP/1.1 400 ") > raw.rindex(b"ok\n")
+    assert raw.endswith(b"400: Bad Request\n")
+
+
+async def test_chunked_body_is_read_and_expect_continue_is_honoured() -> None:
+    async with serve() as (_, _, runner):
+        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
+        try:
+            writer.write(b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            async with asyncio.timeout(5.0):
+                assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+                writer.write(b"hello")
+                writer.write(b"POST /metrics HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+                writer.write(b"5\r\nhello\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+                responses = await read_responses(reader, 3)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    assert [head.split(b"\r\n", 1)[0] for head, _ in responses] == [
+        b"HTTP/1.1 405 Method Not Allowed",
+        b"HTTP/1.1 405 Method Not Allowed",
+        b"HTTP/1.1 200 OK",
+    ]
+
+
+async def test_requests_before_a_half_close_are_answered() -> None:
+    async with serve() as (_, _, runner):
+        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
+            writer.write_eof()
+            async with asyncio.timeout(5.0):
+                raw = await reader.read(-1)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2
+
+
+async def test_slow_later_request_on_a_keep_alive_connection_is_408() -> None:
+    async with serve_with_timeouts(header_timeout=0.3, keepalive_timeout=30.0) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            async with asyncio.timeout(3.0):
+                await read_responses(reader, 1)
+                await asyncio.sleep(0.5)  # idle longer than header_timeout: within keepalive_timeout
+                t0 = time.perf_counter()
+                writer.write(b"GET /healthz HTTP/1.1\r\n")  # then never finishes
+                raw = await reader.read(-1)
+            elapsed = time.perf_counter() - t0
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    assert raw.startswith(b"HTTP/1.1 408 ")
+    assert 0.25 <= elapsed < 2.0
+
+
+async def test_client_that_does_not_read_is_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(xweb, "_WRITE_TIMEOUT", 0.3)
+    big = b"x" * (1 << 20)
+    async with serve(render=lambda accept: (big, "text/plain")) as (base, _, runner), client() as c:
+        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
+        try:
+            request = b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept-Encoding: identity\r\n\r\n"
+            writer.write(request * 64)  # 64 MiB of answers, far more than the socket buffers hold
+            await asyncio.sleep(1.0)  # ... and not read
+            received = 0
+            with contextlib.suppress(OSError):
+                async with asyncio.timeout(5.0):
+                    while data := await reader.read(1 << 20):
+                        received += len(data)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        assert received < 64 * len(big)  # the server gave up on the connection
+        assert (await c.get(base + "/healthz")).status_code == 200
+
+
+async def test_stop_lets_a_waiting_handler_answer_with_connection_close() -> None:
+    started = asyncio.Event()
+
+    async def slow(request: xweb.Request) -> xweb.Response:
+        started.set()
+        await asyncio.sleep(0.2)
+        return xweb.Response(body=b"done\n")
+
+    app = xweb.create_app(render_metrics=lambda a: (b"up 1\n", "text/plain"), status=dict, ready=lambda: True)
+    app.routes["/slow"] = slow
+    runner = await xweb.start_server(app, "127.0.0.1", 0, shutdown_timeout=3.0)
+    port = xweb.bound_port(runner)
+    exchange = asyncio.create_task(raw_exchange(port, b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n" * 2))
+    await started.wait()
+    t0 = time.perf_counter()
+    await xweb.stop_server(runner, bound=5.0)
+    elapsed = time.perf_counter() - t0
+    raw = await exchange
+    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 1  # the one in progress; the next is not started
+    assert b"connection: close" in raw.lower()
+    assert raw.endswith(b"done\n")
+    assert elapsed < 1.0
