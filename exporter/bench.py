@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -180,8 +181,6 @@ class _Meter:
 
 
 async def _exporter_worker(spec: dict[str, Any]) -> None:
-    import dataclasses
-
     from exporter.app import Daemon, quiet_libraries
     from exporter.core.events import Event, PrimaryData
     from exporter.core.router import Core, State
@@ -915,12 +914,15 @@ def write_outputs(s: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
-def run_bench(*, quick: bool, out: str | None, plan: Plan | None = None) -> int:
+def run_bench(*, quick: bool, out: str | None, plan: Plan | None = None, repetitions: int | None = None) -> int:
     """Run the benchmark; print the table; write results.json and the charts (default: docs/performance/).
 
-    ``plan`` overrides the full or quick plan (the test suite's smoke run uses a smaller one).
+    ``plan`` overrides the full or quick plan (the test suite's smoke run uses a smaller one);
+    ``repetitions`` overrides the full run's 5.
     """
     plan = plan or plan_for(quick)
+    if repetitions is not None and not plan.quick:
+        plan = dataclasses.replace(plan, repetitions=repetitions)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

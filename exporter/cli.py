@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
         "--core", action="store_true", help="only the pure core: synthetic trades for 500 symbols, msgs/s and ns/msg"
     )
     bench.add_argument("--messages", type=int, default=1_000_000, help="trades for --core (default 1,000,000)")
+    bench.add_argument(
+        "--repetitions",
+        type=int,
+        default=5,
+        help="interleaved repetitions of the full run (default 5; more give steadier medians on a noisy machine)",
+    )
     soak = sub.add_parser(
         "soak", help="run the demo feed with faults every few seconds and fail on resource growth (docs/reliability.md)"
     )
@@ -91,7 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return run_core(messages=args.messages)
             from exporter.bench import run_bench
 
-            return run_bench(quick=args.quick, out=args.out)
+            if args.repetitions < 1:
+                print("alpaca-exporter: --repetitions must be at least 1", file=sys.stderr)
+                return 2
+            return run_bench(quick=args.quick, out=args.out, repetitions=args.repetitions)
         if command == "soak":
             from exporter.soak import run_soak
 
