@@ -395,18 +395,25 @@ def test_daemon_does_not_import_aiohttp() -> None:
     assert out.stdout.strip() == "False", out.stderr
 
 
-async def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
-    """Send ``data`` on a fresh connection and read until the server closes it."""
+@asynccontextmanager
+async def raw_connection(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A plain TCP connection to the server, for what an HTTP client would not send; closed on exit."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        writer.write(data)
-        await writer.drain()
-        async with asyncio.timeout(timeout):
-            return await reader.read(-1)
+        yield reader, writer
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+async def raw_exchange(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it."""
+    async with raw_connection(port) as (reader, writer):
+        writer.write(data)
+        await writer.drain()
+        async with asyncio.timeout(timeout):
+            return await reader.read(-1)
 
 
 async def test_head_is_get_without_body() -> None:
@@ -534,22 +541,19 @@ async def test_trickling_client_is_cut_off() -> None:
 
 
 async def test_idle_keep_alive_connection_is_closed() -> None:
-    async with serve_with_timeouts(header_timeout=5.0, keepalive_timeout=0.3) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-            await writer.drain()
-            async with asyncio.timeout(3.0):
-                raw = b""
-                while not raw.endswith(b"ok\n"):
-                    raw += await reader.read(1024)
-                t0 = time.perf_counter()
-                rest = await reader.read(-1)  # the server closes the idle connection
-            elapsed = time.perf_counter() - t0
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    async with (
+        serve_with_timeouts(header_timeout=5.0, keepalive_timeout=0.3) as port,
+        raw_connection(port) as (reader, writer),
+    ):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(3.0):
+            raw = b""
+            while not raw.endswith(b"ok\n"):
+                raw += await reader.read(1024)
+            t0 = time.perf_counter()
+            rest = await reader.read(-1)  # the server closes the idle connection
+        elapsed = time.perf_counter() - t0
     assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
     assert rest == b""
     assert 0.25 <= elapsed < 2.0
@@ -591,16 +595,11 @@ async def test_pipelined_requests_behind_a_waiting_handler_keep_their_order() ->
     async with serve() as (_, app, runner):
         app.routes["/slow"] = slow
         app.routes["/fails"] = fails_later
-        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
-        try:
+        async with raw_connection(xweb.bound_port(runner)) as (reader, writer):
             paths = ["/slow", "/healthz", "/fails", "/readyz", "/slow", "/nope"] + ["/healthz"] * 600
             writer.write(b"".join(f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for p in paths))
             async with asyncio.timeout(5.0):
                 responses = await read_responses(reader, len(paths))
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
     bodies = [body for _, body in responses]
     assert bodies[:6] == [
         b"slow\n",
@@ -620,18 +619,13 @@ async def test_http10_closes_unless_keep_alive_is_asked() -> None:
         assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
         assert b"connection: close" in raw.lower()
         assert raw.endswith(b"ok\n")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
+        async with raw_connection(port) as (reader, writer):
             for _ in range(2):
                 writer.write(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
                 async with asyncio.timeout(5.0):
                     [(head, body)] = await read_responses(reader, 1)
                 assert b"connection: keep-alive" in head.lower()
                 assert body == b"ok\n"
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
 
 
 @pytest.mark.parametrize(
@@ -670,20 +664,14 @@ async def test_a_refused_request_is_answered_after_the_ones_before_it() -> None:
 
 
 async def test_chunked_body_is_read_and_expect_continue_is_honoured() -> None:
-    async with serve() as (_, _, runner):
-        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
-        try:
-            writer.write(b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-            async with asyncio.timeout(5.0):
-                assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
-                writer.write(b"hello")
-                writer.write(b"POST /metrics HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
-                writer.write(b"5\r\nhello\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-                responses = await read_responses(reader, 3)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    async with serve() as (_, _, runner), raw_connection(xweb.bound_port(runner)) as (reader, writer):
+        writer.write(b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        async with asyncio.timeout(5.0):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"hello")
+            writer.write(b"POST /metrics HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"5\r\nhello\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            responses = await read_responses(reader, 3)
     assert [head.split(b"\r\n", 1)[0] for head, _ in responses] == [
         b"HTTP/1.1 405 Method Not Allowed",
         b"HTTP/1.1 405 Method Not Allowed",
@@ -692,36 +680,27 @@ async def test_chunked_body_is_read_and_expect_continue_is_honoured() -> None:
 
 
 async def test_requests_before_a_half_close_are_answered() -> None:
-    async with serve() as (_, _, runner):
-        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
-        try:
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
-            writer.write_eof()
-            async with asyncio.timeout(5.0):
-                raw = await reader.read(-1)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    async with serve() as (_, _, runner), raw_connection(xweb.bound_port(runner)) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
+        writer.write_eof()
+        async with asyncio.timeout(5.0):
+            raw = await reader.read(-1)
     assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2
 
 
 async def test_slow_later_request_on_a_keep_alive_connection_is_408() -> None:
-    async with serve_with_timeouts(header_timeout=0.3, keepalive_timeout=30.0) as port:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-            async with asyncio.timeout(3.0):
-                await read_responses(reader, 1)
-                await asyncio.sleep(0.5)  # idle longer than header_timeout: within keepalive_timeout
-                t0 = time.perf_counter()
-                writer.write(b"GET /healthz HTTP/1.1\r\n")  # then never finishes
-                raw = await reader.read(-1)
-            elapsed = time.perf_counter() - t0
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+    async with (
+        serve_with_timeouts(header_timeout=0.3, keepalive_timeout=30.0) as port,
+        raw_connection(port) as (reader, writer),
+    ):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        async with asyncio.timeout(3.0):
+            await read_responses(reader, 1)
+            await asyncio.sleep(0.5)  # idle longer than header_timeout: within keepalive_timeout
+            t0 = time.perf_counter()
+            writer.write(b"GET /healthz HTTP/1.1\r\n")  # then never finishes
+            raw = await reader.read(-1)
+        elapsed = time.perf_counter() - t0
     assert raw.startswith(b"HTTP/1.1 408 ")
     assert 0.25 <= elapsed < 2.0
 
@@ -730,8 +709,7 @@ async def test_client_that_does_not_read_is_cut_off(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(xweb, "_WRITE_TIMEOUT", 0.3)
     big = b"x" * (1 << 20)
     async with serve(render=lambda accept: (big, "text/plain")) as (base, _, runner), client() as c:
-        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
-        try:
+        async with raw_connection(xweb.bound_port(runner)) as (reader, writer):
             request = b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept-Encoding: identity\r\n\r\n"
             writer.write(request * 64)  # 64 MiB of answers, far more than the socket buffers hold
             await asyncio.sleep(1.0)  # ... and not read
@@ -740,10 +718,6 @@ async def test_client_that_does_not_read_is_cut_off(monkeypatch: pytest.MonkeyPa
                 async with asyncio.timeout(5.0):
                     while data := await reader.read(1 << 20):
                         received += len(data)
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
         assert received < 64 * len(big)  # the server gave up on the connection
         assert (await c.get(base + "/healthz")).status_code == 200
 
