@@ -603,9 +603,9 @@ class _Connection(asyncio.Protocol):
         self.queue.append(status)
 
     def _process(self) -> None:
-        """Answer the queued requests in order, as far as handlers complete without waiting."""
+        """Start answering the next queued request (one at a time, in order), or arm the idle deadline."""
         queue = self.queue
-        while queue and self.task is None and not self.write_paused and not self.shut:
+        if queue and self.task is None and not self.write_paused and not self.shut:
             item = queue.popleft()
             if self.reading_paused and len(queue) < _MAX_QUEUED // 2 and self.transport is not None:
                 self.reading_paused = False

@@ -108,8 +108,8 @@ class SymbolSeries:
     case adds only to ``live_sum``, and its count is derived at scrape time as the timed messages
     received minus those not observed (``unobserved``: rejected, standby, malformed, unknown symbol)
     minus the observations ``latency`` holds explicitly (every other bucket, and clamped negative ages).
-    ``latency_histogram()`` puts the parts together; ``tests/core/test_stats.py`` checks it against a
-    plain histogram.
+    ``latency_histogram()`` puts the parts together; ``tests/core/test_latency_histogram.py`` checks it
+    against a plain histogram.
     """
 
     __slots__ = ("breaker_trips", "label", "latency", "live_sum", "received", "unobserved")
