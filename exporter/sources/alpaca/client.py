@@ -8,8 +8,10 @@ What it does, in order, for every connection (one at a time — Alpaca allows on
    read frames, decode them, hand them to ``emit`` — nothing else. Every handshake step has a timeout.
 
 The reader never waits on processing: ``emit`` is the daemon's non-blocking queue put, and routing
-happens in the core's task. Transport liveness is WebSocket ping/pong with a short pong timeout
-(a dead socket); a live but mute socket is the core's staleness timer, which calls
+happens in the core's task. Transport liveness is WebSocket ping/pong with a short pong timeout: the
+router hears of a dead link as soon as a pong is late, and the close frame (which spares the key a
+~90 s zombie slot at Alpaca) is sent afterwards, bounded by ``close_timeout``. A live but mute socket
+is the core's staleness timer, which calls
 :meth:`AlpacaClient.request_reconnect`.
 
 When a connection ends, :class:`~exporter.sources.alpaca.protocol.ReconnectPolicy` decides the wait:
@@ -195,6 +197,7 @@ class AlpacaClient:
         self._task: asyncio.Task[None] | None = None
         self._closers: set[asyncio.Task[None]] = set()
         self._reconnect_reason: str | None = None
+        self._dead_link: _Ended | None = None  # set when a pong came too late
         self._emit_failed = False
         # Per-connection episode counters, summarised in one log line when the connection ends.
         self._decode_errors = 0
@@ -278,6 +281,7 @@ class AlpacaClient:
         """One connection attempt from Connecting to its end; returns why it ended."""
         self._attempts += 1
         self._reconnect_reason = None
+        self._dead_link = None
         self._decode_errors = 0
         self._error_logged.clear()
         self._set_state("Connecting", "reconnect" if self._attempts > 1 else "start")
@@ -289,8 +293,7 @@ class AlpacaClient:
                 additional_headers=self._headers,
                 user_agent_header=_USER_AGENT,
                 open_timeout=cfg.open_timeout,
-                ping_interval=cfg.ping_interval,
-                ping_timeout=cfg.ping_timeout,
+                ping_interval=None,  # see _watch_liveness
                 close_timeout=cfg.close_timeout,
                 max_size=cfg.max_message_bytes,
                 logger=_ws_log,
@@ -306,6 +309,7 @@ class AlpacaClient:
             self._set_state("Disconnected", ended.reason)
             return ended
         self._ws = ws
+        liveness = asyncio.get_running_loop().create_task(self._watch_liveness(ws))
         healthy_since: float | None = None
         ended = _Ended(Policy.TRANSIENT, "stopped")  # what a cancellation leaves behind
         try:
@@ -322,15 +326,21 @@ class AlpacaClient:
             ended = _Ended(Policy.TRANSIENT, f"internal error: {type(exc).__name__}")
         finally:
             self._ws = None
+            liveness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await liveness
+            self._retry.connection_ended(0.0 if healthy_since is None else self._clock() - healthy_since)
+            self._link_down(ended.reason)  # the router first: the polite close may take close_timeout
             if ws.close_code is None:
                 await self._close(ws, "reconnect")
-            self._retry.connection_ended(0.0 if healthy_since is None else self._clock() - healthy_since)
-            if self._authenticated:
-                self._authenticated = False
-                self._send(PrimaryAuthenticated(False))
-            self._subscribed = frozenset()
-            self._set_state("Disconnected", ended.reason)
         return ended
+
+    def _link_down(self, reason: str) -> None:
+        if self._authenticated:
+            self._authenticated = False
+            self._send(PrimaryAuthenticated(False))
+        self._subscribed = frozenset()
+        self._set_state("Disconnected", reason)
 
     async def _handshake(self, ws: ClientConnection, started: float) -> float:
         """connected → auth → subscribe → ack. Returns when Connected (the monotonic time)."""
@@ -369,6 +379,33 @@ class AlpacaClient:
         self._episode_failures = 0
         self._episode_started = None
         return self._clock()
+
+    async def _watch_liveness(self, ws: ClientConnection) -> None:
+        """A ping every ``ping_interval``; no pong within ``ping_timeout`` is a dead link.
+
+        websockets' own keepalive would start the closing handshake first, and the reader would only
+        end (and the router fail over) up to ``close_timeout`` later, on a link that may not carry the
+        close frame at all. Here the failure is reported at once, then the connection is closed.
+        """
+        cfg = self.config
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(cfg.ping_interval)
+                pong = await ws.ping()
+                try:
+                    async with asyncio.timeout(cfg.ping_timeout):
+                        await pong
+                except TimeoutError:
+                    if self._stopping or self._reconnect_reason is not None:
+                        return  # already closing on purpose
+                    detail = f"no pong within {cfg.ping_timeout}s"
+                    if self._state == "Connected":
+                        self._dead_link = self._fail("connection_lost", detail, Policy.TRANSIENT)
+                    else:
+                        self._dead_link = self._fail("connection_failed", f"handshake: {detail}", Policy.TRANSIENT)
+                    self._link_down(self._dead_link.reason)
+                    await self._close(ws, "reconnect")
+                    return
 
     async def _expect(self, ws: ClientConnection, wanted: Callable[[Control], bool], step: str) -> Control:
         """Read frames until a control item satisfies ``wanted``, within the step timeout.
@@ -471,6 +508,8 @@ class AlpacaClient:
             return _Ended(Policy.TRANSIENT, "stopped")
         if self._reconnect_reason is not None:
             return _Ended(Policy.TRANSIENT, self._reconnect_reason)
+        if self._dead_link is not None:
+            return self._dead_link  # reported (and counted) when the pong was late
         detail = _describe(exc)
         if established:
             return self._fail("connection_lost", detail, Policy.TRANSIENT)
