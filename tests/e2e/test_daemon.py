@@ -42,9 +42,13 @@ async def test_failover_within_seconds_and_failback_after_hysteresis(stack_facto
 async def test_both_unavailable_then_recovery(stack_factory: Any) -> None:
     async with stack_factory() as stack, httpx.AsyncClient() as http:
         await stack.wait_state(State.PRIMARY_ACTIVE)
+        core = stack.daemon.core
+        # A healthy standby first: otherwise a poll still in flight when the outage starts can succeed
+        # after the check below, and the primary's drop is then a failover, not a total outage.
+        await stack.wait_for(lambda: core.fallback_healthy(core.clock.monotonic()))
         stack.yahoo.outage("503", seconds=30)
         # The fallback's health lapses three standby periods after its last success.
-        await stack.wait_for(lambda: not stack.daemon.core.fallback_healthy(stack.daemon.core.clock.monotonic()), 4)
+        await stack.wait_for(lambda: not core.fallback_healthy(core.clock.monotonic()), 4)
         stack.alpaca.refuse_connections(503)
         await stack.alpaca.drop_connections(hold_slot=False)
         await stack.wait_state(State.BOTH_UNAVAILABLE, timeout=3.0)
@@ -56,7 +60,7 @@ async def test_both_unavailable_then_recovery(stack_factory: Any) -> None:
         stack.alpaca.refuse_connections(None)
         await stack.wait_state(State.PRIMARY_ACTIVE, timeout=5.0)
         assert (await http.get(stack.base + "/readyz")).status_code == 200
-        assert stack.daemon.core.failovers == 0  # never reached the fallback during this outage
+        assert core.failovers == 0  # never reached the fallback during this outage
 
 
 @pytest.mark.parametrize("encoding", ["msgpack", "json"])
