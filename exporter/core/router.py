@@ -224,6 +224,8 @@ class Core:
         now = clock.monotonic()
         self._max_age_s = config.max_message_age_s
         self._skew_s = config.max_clock_skew_s
+        # A "live" age: valid (neither future nor stale) and in the latency histogram's first bucket.
+        self._live_max_s = min(_LATENCY_FIRST_BOUND, config.max_message_age_s)
 
         # Label series, capped: configured symbols first, in order, then unknown symbols as they appear.
         self.series: dict[str, SymbolSeries] = {}
@@ -457,12 +459,12 @@ class Core:
         wall_ns = self.clock.wall_ns()
         wall_s = wall_ns / 1e9
         wall = utc_from_ns(wall_ns)
-        max_age, skew = self._max_age_s, self._skew_s
+        max_age, skew, live_max = self._max_age_s, self._skew_s, self._live_max_s
         symbols = self.symbols
         other = self.other
         metrics = self.config.metrics
         percent = self.config.breaker_percent
-        closed, inf, first_bound, primary = _CLOSED, _INF, _LATENCY_FIRST_BOUND, PRIMARY  # locals: cheaper loads
+        closed, inf, primary = _CLOSED, _INF, PRIMARY  # locals: cheaper loads
         routed_now = self.state is State.PRIMARY_ACTIVE
         rejected = self.rejected
         n_routed = n_standby = n_rejected = n_data = 0
@@ -471,16 +473,21 @@ class Core:
             # Trades and quotes are nearly the whole stream: their validation is inlined (a call chain
             # per message cost a third of the core's time). tests/core/test_hot_path.py keeps the inline
             # code deciding exactly as validation.check_trade and check_quote do. `age` (seconds) is also
-            # the latency observed for a routed message.
+            # the latency observed for a routed message. The usual age, `live`, is tested first: it
+            # passes both timestamp checks at once and needs no histogram bucket search if routed.
             if isinstance(m, Trade):  # Trade has no subclasses: as exact as `cls is Trade`, and mypy narrows
                 k = 0
                 p = m.p
                 price: float | None = p
                 age = (wall - m.t).total_seconds()
+                live = False
                 if not (0.0 < p < inf):
                     reason = "invalid_price"
                 elif m.s < 0:
                     reason = "invalid_size"
+                elif 0.0 <= age <= live_max:
+                    reason = None
+                    live = True
                 elif age < -skew:
                     reason = "future_timestamp"
                 elif age > max_age:
@@ -491,12 +498,16 @@ class Core:
                 k = 1
                 bp, ap = m.bp, m.ap
                 age = (wall - m.t).total_seconds()
+                live = False
                 if not (0.0 <= bp < inf and 0.0 <= ap < inf) or (bp == 0.0 and ap == 0.0):
                     reason = "invalid_price"
                 elif m.bs < 0 or m.as_ < 0:
                     reason = "invalid_size"
                 elif bp > ap > 0.0:
                     reason = "crossed_quote"
+                elif 0.0 <= age <= live_max:
+                    reason = None
+                    live = True
                 elif age < -skew:
                     reason = "future_timestamp"
                 elif age > max_age:
@@ -511,6 +522,7 @@ class Core:
                 # Only a fresh minute bar's close is a current price; updated and daily bars are aggregates.
                 price = m.c if cls is Bar else None
                 age = 0.0  # bars carry their start time: no latency is observed for them
+                live = False
             elif cls is Unknown:
                 assert isinstance(m, Unknown)
                 # Counted as received and rejected, so received = routed + standby + rejected stays exact.
@@ -539,6 +551,7 @@ class Core:
                 age = (wall - m.t).total_seconds()
                 reason = check_other(m, wall, skew)
                 price = None
+                live = 0.0 <= age <= live_max
             n_data += 1
             st = symbols.get(m.S)
             if st is None:
@@ -580,13 +593,12 @@ class Core:
                 st.routed_wall = wall_s
                 if metrics:
                     series.received[k] += 1
-                    if k < 2 or k > 4:
-                        # Latency of routed messages that carry an event time (bars carry their start
-                        # time). The live case only adds to the sum: its count is derived (SymbolSeries).
-                        if 0.0 <= age <= first_bound:
-                            series.live_sum += age
-                        else:
-                            series.latency.observe(age if age > 0.0 else 0.0)
+                    # Latency of routed messages that carry an event time (bars carry their start time).
+                    # The live case only adds to the sum: its count is derived (SymbolSeries).
+                    if live:
+                        series.live_sum += age
+                    elif k < 2 or k > 4:
+                        series.latency.observe(age if age > 0.0 else 0.0)
             else:
                 n_standby += 1
                 if metrics:

@@ -14,26 +14,32 @@ from exporter.core.messages import Message, Quote, Trade, utc_from_ns
 from exporter.core.router import Core, CoreConfig
 from exporter.core.validation import check_quote, check_trade
 
-MAX_AGE_S = 60.0
-SKEW_S = 5.0
-MAX_AGE_US = 60_000_000
-SKEW_US = 5_000_000
+# (max message age, clock skew) in seconds: the defaults, and a max age below the latency histogram's
+# first bucket (0.1 s) with no skew allowed, where "live" and "valid" part ways.
+LIMITS = [(60.0, 5.0), (0.05, 0.0)]
 
 prices = st.one_of(
     st.floats(min_value=-10.0, max_value=1e6, allow_nan=False),
     st.sampled_from([0.0, -0.0, math.nan, math.inf, -math.inf, 1e-9]),
 )
 sizes = st.integers(min_value=-5, max_value=10_000)
-# Offsets around both boundaries, in µs relative to now (the resolution of a message's timestamp).
+# Offsets around every boundary (max age, skew, the first latency bucket), in µs relative to now (the
+# resolution of a message's timestamp).
+edges = [edge for max_age, skew in LIMITS for edge in (-round(max_age * 1e6), round(skew * 1e6))] + [-100_000]
 offsets = st.one_of(
     st.integers(min_value=-120_000_000, max_value=30_000_000),
-    st.sampled_from([-MAX_AGE_US, -MAX_AGE_US - 1, SKEW_US, SKEW_US + 1, 0]),
+    st.integers(min_value=-200_000, max_value=10_000),
+    st.sampled_from([e + d for e in edges for d in (-1, 0, 1)]),
 )
+limits = st.sampled_from(LIMITS)
 
 
-def _decision(clock: FakeClock, message: Message) -> str | None:
+def _decision(clock: FakeClock, message: Message, max_age: float, skew: float) -> str | None:
     # A wide breaker so that only validation can reject.
-    core = Core(CoreConfig(symbols=("AAPL",), stale_after_s=0, breaker_percent=1000.0), clock)
+    config = CoreConfig(
+        symbols=("AAPL",), stale_after_s=0, breaker_percent=1000.0, max_message_age_s=max_age, max_clock_skew_s=skew
+    )
+    core = Core(config, clock)
     for event in (PrimaryConnection("Connected"), PrimaryAuthenticated(True), PrimarySubscribed(frozenset({"AAPL"}))):
         core.handle(event)
     core.handle(PrimaryData([message], clock.monotonic()))
@@ -41,20 +47,22 @@ def _decision(clock: FakeClock, message: Message) -> str | None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(price=prices, size=sizes, offset=offsets)
-def test_inlined_trade_validation_matches_check_trade(price: float, size: int, offset: int) -> None:
+@given(price=prices, size=sizes, offset=offsets, limit=limits)
+def test_inlined_trade_validation_matches_check_trade(
+    price: float, size: int, offset: int, limit: tuple[float, float]
+) -> None:
     clock = FakeClock()
     wall = utc_from_ns(clock.wall_ns())
     trade = Trade(S="AAPL", p=price, s=size, t=wall + timedelta(microseconds=offset))
-    assert _decision(clock, trade) == check_trade(trade, wall, MAX_AGE_S, SKEW_S)
+    assert _decision(clock, trade, *limit) == check_trade(trade, wall, *limit)
 
 
 @settings(max_examples=300, deadline=None)
-@given(bid=prices, ask=prices, bid_size=sizes, ask_size=sizes, offset=offsets)
+@given(bid=prices, ask=prices, bid_size=sizes, ask_size=sizes, offset=offsets, limit=limits)
 def test_inlined_quote_validation_matches_check_quote(
-    bid: float, ask: float, bid_size: int, ask_size: int, offset: int
+    bid: float, ask: float, bid_size: int, ask_size: int, offset: int, limit: tuple[float, float]
 ) -> None:
     clock = FakeClock()
     wall = utc_from_ns(clock.wall_ns())
     quote = Quote(S="AAPL", bp=bid, ap=ask, bs=bid_size, as_=ask_size, t=wall + timedelta(microseconds=offset))
-    assert _decision(clock, quote) == check_quote(quote, wall, MAX_AGE_S, SKEW_S)
+    assert _decision(clock, quote, *limit) == check_quote(quote, wall, *limit)
