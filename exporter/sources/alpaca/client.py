@@ -388,24 +388,29 @@ class AlpacaClient:
         close frame at all. Here the failure is reported at once, then the connection is closed.
         """
         cfg = self.config
-        with contextlib.suppress(ConnectionClosed):
-            while True:
-                await asyncio.sleep(cfg.ping_interval)
-                pong = await ws.ping()
-                try:
-                    async with asyncio.timeout(cfg.ping_timeout):
-                        await pong
-                except TimeoutError:
-                    if self._stopping or self._reconnect_reason is not None:
-                        return  # already closing on purpose
-                    detail = f"no pong within {cfg.ping_timeout}s"
-                    if self._state == "Connected":
-                        self._dead_link = self._fail("connection_lost", detail, Policy.TRANSIENT)
-                    else:
-                        self._dead_link = self._fail("connection_failed", f"handshake: {detail}", Policy.TRANSIENT)
-                    self._link_down(self._dead_link.reason)
-                    await self._close(ws, "reconnect")
-                    return
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await asyncio.sleep(cfg.ping_interval)
+                    pong = await ws.ping()
+                    try:
+                        async with asyncio.timeout(cfg.ping_timeout):
+                            await pong
+                    except TimeoutError:
+                        if self._stopping or self._reconnect_reason is not None:
+                            return  # already closing on purpose
+                        detail = f"no pong within {cfg.ping_timeout}s"
+                        if self._state == "Connected":
+                            self._dead_link = self._fail("connection_lost", detail, Policy.TRANSIENT)
+                        else:
+                            self._dead_link = self._fail("connection_failed", f"handshake: {detail}", Policy.TRANSIENT)
+                        self._link_down(self._dead_link.reason)
+                        await self._close(ws, "reconnect")
+                        return
+        except Exception:
+            # A bug of ours must not leave the link unwatched: drop it and reconnect, as the reader does.
+            log.exception("alpaca liveness check failed", extra={"state": self._state})
+            await self._close(ws, "reconnect")
 
     async def _expect(self, ws: ClientConnection, wanted: Callable[[Control], bool], step: str) -> Control:
         """Read frames until a control item satisfies ``wanted``, within the step timeout.

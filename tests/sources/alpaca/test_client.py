@@ -460,6 +460,24 @@ async def test_dead_socket_detected_within_the_ping_timeout(market: Market) -> N
         await rec.wait(lambda: rec.connected_count() == 2)
 
 
+async def test_a_failing_liveness_check_drops_the_link_instead_of_leaving_it_unwatched(
+    market: Market, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = {"ping_interval": 0.1, "ping_timeout": 0.2}
+    async with await _sim(market) as sim, running(_config(sim, **config)) as (client, rec):
+        await rec.wait(lambda: rec.connected_count() == 1)
+        ws = client._ws
+        assert ws is not None
+
+        async def broken_ping(data: bytes | None = None) -> Any:
+            raise RuntimeError("a bug in the liveness check")
+
+        ws.ping = broken_ping  # type: ignore[method-assign]
+        await rec.wait(lambda: rec.connected_count() == 2)  # dropped, then reconnected by the policy
+        assert any(r.getMessage() == "alpaca liveness check failed" and r.exc_info for r in caplog.records)
+        assert sim.stats.client_close_codes[0] == 1000
+
+
 async def test_mute_socket_then_request_reconnect(market: Market) -> None:
     async with await _sim(market, rate=200.0) as sim, running(_config(sim)) as (client, rec):
         await rec.wait(lambda: rec.connected_count() == 1 and len(rec.messages()) > 0)
