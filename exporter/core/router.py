@@ -473,8 +473,9 @@ class Core:
             # Trades and quotes are nearly the whole stream: their validation is inlined (a call chain
             # per message cost a third of the core's time). tests/core/test_hot_path.py keeps the inline
             # code deciding exactly as validation.check_trade and check_quote do. `age` (seconds) is also
-            # the latency observed for a routed message. The usual age, `live`, is tested first: it
-            # passes both timestamp checks at once and needs no histogram bucket search if routed.
+            # the latency observed for a routed message. Both share one timestamp tail below, which tests
+            # the usual age, `live`, first: it passes both timestamp checks at once and needs no
+            # histogram bucket search if routed.
             if isinstance(m, Trade):  # Trade has no subclasses: as exact as `cls is Trade`, and mypy narrows
                 k = 0
                 p = m.p
@@ -485,13 +486,6 @@ class Core:
                     reason = "invalid_price"
                 elif m.s < 0:
                     reason = "invalid_size"
-                elif 0.0 <= age <= live_max:
-                    reason = None
-                    live = True
-                elif age < -skew:
-                    reason = "future_timestamp"
-                elif age > max_age:
-                    reason = "stale_timestamp"
                 else:
                     reason = None
             elif isinstance(m, Quote):  # no subclasses either
@@ -505,13 +499,6 @@ class Core:
                     reason = "invalid_size"
                 elif bp > ap > 0.0:
                     reason = "crossed_quote"
-                elif 0.0 <= age <= live_max:
-                    reason = None
-                    live = True
-                elif age < -skew:
-                    reason = "future_timestamp"
-                elif age > max_age:
-                    reason = "stale_timestamp"
                 else:
                     reason = None
                 price = (bp + ap) / 2.0 if bp > 0.0 and ap > 0.0 else None
@@ -552,6 +539,14 @@ class Core:
                 reason = check_other(m, wall, skew)
                 price = None
                 live = 0.0 <= age <= live_max
+            if k < 2 and reason is None:
+                # The trade's and quote's timestamp checks (check_time), the usual live age first.
+                if 0.0 <= age <= live_max:
+                    live = True
+                elif age < -skew:
+                    reason = "future_timestamp"
+                elif age > max_age:
+                    reason = "stale_timestamp"
             n_data += 1
             st = symbols.get(m.S)
             if st is None:
