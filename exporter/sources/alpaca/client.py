@@ -196,8 +196,9 @@ class AlpacaClient:
         self._stop_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closers: set[asyncio.Task[None]] = set()
-        self._reconnect_reason: str | None = None
-        self._dead_link: _Ended | None = None  # set when a pong came too late
+        # Why we are ending the current connection ourselves (a requested reconnect, a late pong), so
+        # the reader's ConnectionClosed is not taken for a loss and nothing is counted twice.
+        self._ending: _Ended | None = None
         self._emit_failed = False
         # Per-connection episode counters, summarised in one log line when the connection ends.
         self._decode_errors = 0
@@ -246,9 +247,9 @@ class AlpacaClient:
         Ignored while no connection is open (a reconnect is already on its way).
         """
         ws = self._ws
-        if ws is None or self._stopping or self._reconnect_reason is not None:
+        if ws is None or self._stopping or self._ending is not None:
             return
-        self._reconnect_reason = reason
+        self._ending = _Ended(Policy.TRANSIENT, reason)
         log.warning(
             "alpaca reconnect requested",
             extra={"reason": reason, "state": self._state, "url": self._safe_url},
@@ -280,8 +281,7 @@ class AlpacaClient:
     async def _connection(self) -> _Ended:
         """One connection attempt from Connecting to its end; returns why it ended."""
         self._attempts += 1
-        self._reconnect_reason = None
-        self._dead_link = None
+        self._ending = None
         self._decode_errors = 0
         self._error_logged.clear()
         self._set_state("Connecting", "reconnect" if self._attempts > 1 else "start")
@@ -397,14 +397,14 @@ class AlpacaClient:
                         async with asyncio.timeout(cfg.ping_timeout):
                             await pong
                     except TimeoutError:
-                        if self._stopping or self._reconnect_reason is not None:
+                        if self._stopping or self._ending is not None:
                             return  # already closing on purpose
                         detail = f"no pong within {cfg.ping_timeout}s"
                         if self._state == "Connected":
-                            self._dead_link = self._fail("connection_lost", detail, Policy.TRANSIENT)
+                            self._ending = self._fail("connection_lost", detail, Policy.TRANSIENT)
                         else:
-                            self._dead_link = self._fail("connection_failed", f"handshake: {detail}", Policy.TRANSIENT)
-                        self._link_down(self._dead_link.reason)
+                            self._ending = self._fail("connection_failed", f"handshake: {detail}", Policy.TRANSIENT)
+                        self._link_down(self._ending.reason)
                         await self._close(ws, "reconnect")
                         return
         except Exception:
@@ -511,10 +511,8 @@ class AlpacaClient:
     def _closed(self, exc: ConnectionClosed, *, established: bool) -> _Ended:
         if self._stopping:
             return _Ended(Policy.TRANSIENT, "stopped")
-        if self._reconnect_reason is not None:
-            return _Ended(Policy.TRANSIENT, self._reconnect_reason)
-        if self._dead_link is not None:
-            return self._dead_link  # reported (and counted) when the pong was late
+        if self._ending is not None:
+            return self._ending  # already reported (a late pong is counted when it is noticed)
         detail = _describe(exc)
         if established:
             return self._fail("connection_lost", detail, Policy.TRANSIENT)
