@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Sets up everything the project needs on a fresh Debian machine: a virtual environment with the package
 # and its dev extra, and (with --test-tools) the Prometheus tools the tests use (prometheus, promtool,
-# amtool, wrk). Idempotent: a second run only checks.
+# amtool, alertmanager). Idempotent: a second run only checks.
+#
+# The tools are unpacked from Debian's packages into .tools/ inside the checkout, never installed on the
+# system: nothing is started, no service of the user's is touched, and removing .tools/ undoes it all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,17 +20,35 @@ if [ ! -f "$stamp" ]; then
 fi
 
 if [ "${1:-}" = "--test-tools" ]; then
-  missing=()
-  command -v prometheus >/dev/null || missing+=(prometheus)
-  command -v promtool >/dev/null || missing+=(prometheus)
-  command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
-  command -v wrk >/dev/null || missing+=(wrk)
-  if [ ${#missing[@]} -gt 0 ]; then
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO=sudo
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  tools=.tools
+  binaries=(prometheus promtool amtool prometheus-alertmanager)
+  ready=1
+  for b in "${binaries[@]}"; do [ -x "$tools/bin/$b" ] || ready=0; done
+  if [ "$ready" = 0 ]; then
+    debs=$(mktemp -d)
+    trap 'rm -rf "$debs"' EXIT
+    # `apt-get download` fetches the .deb files only (no install, no maintainer scripts, no root needed);
+    # an empty package list on a fresh machine needs one `apt-get update` first, which does need root.
+    if ! (cd "$debs" && apt-get download -qq prometheus prometheus-alertmanager >/dev/null 2>&1); then
+      SUDO=""
+      [ "$(id -u)" -ne 0 ] && SUDO=sudo
+      $SUDO apt-get update -qq
+      (cd "$debs" && apt-get download -qq prometheus prometheus-alertmanager >/dev/null 2>&1)
+    fi
+    rm -rf "$tools" && mkdir -p "$tools/bin"
+    for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$tools/root"; done
+    for b in prometheus promtool amtool; do ln -s "../root/usr/bin/$b" "$tools/bin/$b"; done
+    # Debian's Alertmanager reads its default templates from /usr/share/prometheus/alertmanager, a path
+    # compiled into it. Where the system lacks them, the wrapper shows the unpacked copy at that path in a
+    # private mount namespace of its own (an overlay seen by that process only; nothing else changes).
+    cat >"$tools/bin/prometheus-alertmanager" <<'WRAPPER'
+#!/bin/sh
+tools=$(cd "$(dirname "$0")/.." && pwd)
+bin="$tools/root/usr/bin/prometheus-alertmanager"
+[ -e /usr/share/prometheus/alertmanager/default.tmpl ] && exec "$bin" "$@"
+exec unshare --map-root-user --mount sh -c \
+  'mount -t overlay overlay -o "lowerdir=$0/root/usr/share:/usr/share" /usr/share && exec "$@"' "$tools" "$bin" "$@"
+WRAPPER
+    chmod +x "$tools/bin/prometheus-alertmanager"
   fi
-  # The Debian packages start services on install where an init system runs; tests start their own.
-  (pkill -x prometheus; pkill -x prometheus-alertmanager; pkill -f prometheus-node-exporter) >/dev/null 2>&1 || true
 fi
