@@ -30,6 +30,42 @@ _HOSTNAME_RE = re.compile(
 _SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-/=^]{0,20}$")
 
 
+def _is_host(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME_RE.match(value))
+
+
+def _check_url(value: str, schemes: tuple[str, ...], shape: str) -> None:
+    """Everything the clients would only find out when connecting: the scheme, a host, a real port.
+
+    The messages never repeat the value: a URL may carry credentials (user:password@)."""
+    if any(ch.isspace() for ch in value):
+        raise ValueError(f"{shape} (no spaces)")
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:  # an unclosed IPv6 bracket
+        raise ValueError(f"{shape}; the host is not a valid IPv6 address in brackets") from None
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(shape)
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or beyond 65535
+        port = 0
+    if port == 0 or parts.netloc.endswith(":"):
+        raise ValueError(f"{shape}; the port must be a number from 1 to 65535")
+    host = parts.hostname or ""
+    if "[" in parts.netloc:
+        try:
+            ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            raise ValueError(f"{shape}; the host is not a valid IPv6 address in brackets") from None
+    elif not _is_host(host):
+        raise ValueError(f"{shape}; the host is not a host name or an IP address")
+
+
 def feed_url(feed: str, host: str = ALPACA_STREAM_HOST) -> str:
     version = "v1beta1" if feed in FEEDS_V1BETA1 else "v2"
     return f"{host}/{version}/{feed}"
@@ -139,28 +175,22 @@ class Settings(BaseSettings):
     @field_validator("alpaca_url")
     @classmethod
     def _check_ws_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^wss?://[^/\s]+(/\S*)?$", value):
-            raise ValueError("must be a ws:// or wss:// URL, e.g. ws://127.0.0.1:8765/v2/iex")
+        if value is not None:
+            _check_url(value, ("ws", "wss"), "must be a ws:// or wss:// URL, e.g. ws://127.0.0.1:8765/v2/iex")
         return value
 
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str) -> str:
         value = value.strip()
-        try:
-            ipaddress.ip_address(value)
-            return value
-        except ValueError:
-            pass
-        if not _HOSTNAME_RE.match(value):
+        if not _is_host(value):
             raise ValueError("must be an IP address or a host name, e.g. 0.0.0.0, 127.0.0.1, ::, localhost")
         return value
 
     @field_validator("yahoo_url")
     @classmethod
     def _check_http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
-            raise ValueError("must be an http:// or https:// URL")
+        _check_url(value, ("http", "https"), "must be an http:// or https:// URL")
         return value.rstrip("/")
 
     @model_validator(mode="after")

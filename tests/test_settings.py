@@ -210,6 +210,17 @@ def test_each_variable_bad_value_names_it(var: str, raw: str) -> None:
         ("EXPORTER_STALE_AFTER_SECONDS", "nan"),
         ("EXPORTER_ALPACA_CHANNELS", ""),
         ("EXPORTER_ALPACA_URL", "ws://"),
+        # Each of these passed the checker once, then `run` died with a traceback when connecting.
+        ("EXPORTER_ALPACA_URL", "ws://127.0.0.1:99999/v2/iex"),
+        ("EXPORTER_ALPACA_URL", "ws://127.0.0.1:notaport/v2/iex"),
+        ("EXPORTER_ALPACA_URL", "ws://127.0.0.1:/v2/iex"),
+        ("EXPORTER_ALPACA_URL", "ws://[::1/v2/iex"),
+        ("EXPORTER_ALPACA_URL", "ws://[zz::1]:8765/v2/iex"),
+        ("EXPORTER_ALPACA_URL", "ws://bad_host!/v2/iex"),
+        ("EXPORTER_YAHOO_URL", "http://127.0.0.1:99999"),
+        ("EXPORTER_YAHOO_URL", "http://127.0.0.1:0"),
+        ("EXPORTER_YAHOO_URL", "https://[::1:8080"),
+        ("EXPORTER_YAHOO_URL", "http://exa mple.com"),
     ],
 )
 def test_more_bad_values(var: str, raw: str) -> None:
@@ -466,3 +477,28 @@ def test_python_dash_m_check_config_exits_2_without_traceback(tmp_path: Path) ->
     assert "config error: EXPORTER_PORT:" in proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
     assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"),
+    [
+        ("EXPORTER_ALPACA_URL", "ws://[::1]:8765/v2/iex"),
+        ("EXPORTER_ALPACA_URL", "wss://stream.data.alpaca.markets/v2/sip"),
+        ("EXPORTER_ALPACA_URL", "ws://localhost:8765/v1beta1/boats?x=1"),
+        ("EXPORTER_YAHOO_URL", "http://[fe80::1%25eth0]:8080"),
+        ("EXPORTER_YAHOO_URL", "https://query1.finance.yahoo.com:443/"),
+    ],
+)
+def test_good_urls_pass(monkeypatch: pytest.MonkeyPatch, var: str, raw: str) -> None:
+    setenv(monkeypatch, {**REQUIRED, var: raw})
+    load_settings(for_run=True, env_file=None)
+
+
+def test_url_problems_never_repeat_the_value() -> None:
+    """A URL can carry credentials: the message names the variable and the problem, not the value."""
+    problems = problems_for(**{**REQUIRED, "EXPORTER_ALPACA_URL": "ws://user:hunter2@127.0.0.1:99999/v2/iex"})
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("EXPORTER_ALPACA_URL:"), problems
+    assert "hunter2" not in problems[0]
+    assert "99999" not in problems[0]
+    assert "port must be a number from 1 to 65535" in problems[0]
