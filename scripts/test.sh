@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one test command (README quick start, .ci/run): set up, lint, type-check, run every test.
+# The one test command (README quick start, .ci/run): set up, lint, type-check, run every test, then the
+# fast part of the suite again against the lowest dependency versions pyproject.toml allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test-tools
@@ -7,3 +8,4 @@ scripts/setup.sh --test-tools
 .venv/bin/ruff format --check exporter tests
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
+scripts/test-lowest.sh
