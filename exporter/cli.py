@@ -59,6 +59,17 @@ def _config_problems(problems: Sequence[str]) -> int:
     return 2
 
 
+def _needs_tools(command: str, missing: ModuleNotFoundError) -> int:
+    # The tools live beside the package (exporter_tools/), not in the image; the benchmark needs the extra.
+    package = (missing.name or "").partition(".")[0] or str(missing)
+    print(
+        f"{command} needs the development tools: pip install 'alpaca-exporter[tools]' from a checkout "
+        f"(missing: {package})",
+        file=sys.stderr,
+    )
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "run"
@@ -91,19 +102,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
             return run_simulators(args.host, args.alpaca_port, args.yahoo_port, symbols, rate=args.rate)
         if command == "bench":
+            try:
+                from exporter_tools.bench import run_bench, run_core
+            except ModuleNotFoundError as exc:
+                return _needs_tools(command, exc)
             if args.core:
-                from exporter.bench import run_core
-
                 return run_core(messages=args.messages)
-            from exporter.bench import run_bench
-
             if args.repetitions < 1:
                 print("alpaca-exporter: --repetitions must be at least 1", file=sys.stderr)
                 return 2
             return run_bench(quick=args.quick, out=args.out, repetitions=args.repetitions)
         if command == "soak":
-            from exporter.soak import run_soak
-
+            try:
+                from exporter_tools.soak import run_soak
+            except ModuleNotFoundError as exc:
+                return _needs_tools(command, exc)
             return run_soak(
                 args.minutes, fault_every=args.fault_every, sample_every=args.sample_every, rate=args.rate, out=args.out
             )

@@ -47,7 +47,7 @@ from exporter.sim.demo import DEMO_KEY, DEMO_SECRET, DEMO_SYMBOLS, demo_settings
 from exporter.sim.market import Market
 from exporter.sim.yahoo_server import YahooSimulator
 
-log = logging.getLogger("exporter.soak")
+log = logging.getLogger("exporter_tools.soak")
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
