@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--symbols", default="AAPL,MSFT,SPY", help="comma-separated symbols")
     sim.add_argument("--rate", type=float, default=50.0, help="generated messages per second per connection")
     sub.add_parser("check-config", help="validate the environment and print the effective settings (secrets masked)")
-    bench = sub.add_parser("bench", help="benchmark the pipeline against the official SDK (see docs/performance.md)")
+    bench = sub.add_parser(
+        "bench", help="benchmark the pipeline against the official SDK (a development tool, docs/performance.md)"
+    )
     bench.add_argument("--quick", action="store_true", help="a seconds-long smoke run instead of the full benchmark")
     bench.add_argument("--out", default=None, help="directory for the JSON and PNG results")
     bench.add_argument(
@@ -43,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         help="interleaved repetitions of the full run (default 5; more give steadier medians on a noisy machine)",
     )
     soak = sub.add_parser(
-        "soak", help="run the demo feed with faults every few seconds and fail on resource growth (docs/reliability.md)"
+        "soak",
+        help="run the demo feed with faults every few seconds and fail on resource growth "
+        "(a development tool, docs/reliability.md)",
     )
     soak.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
     soak.add_argument("--fault-every", type=float, default=5.0, help="seconds between injected faults (default 5)")
