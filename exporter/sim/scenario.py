@@ -69,6 +69,7 @@ class Faults:
         await self.alpaca.drop_connections(hold_slot=hold is not None)
 
     async def accept(self) -> None:
+        """Alpaca accepts connections again."""
         self.alpaca.refuse_connections(None)
 
     async def mute(self, on: bool = True) -> None:
@@ -82,7 +83,7 @@ class Faults:
     async def close_new(self) -> None:
         """Every connection dropped and each new one closed (1011) right after the upgrade."""
         self.alpaca.close_new_connections(True)
-        await self.alpaca.drop_connections(hold_slot=False)
+        await self.drop()
 
     async def yahoo_429(self, seconds: float, retry_after: float) -> None:
         self.yahoo.rate_limit(seconds=seconds, retry_after=retry_after)
