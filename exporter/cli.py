@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--symbols", default="AAPL,MSFT,SPY", help="comma-separated symbols")
     sim.add_argument("--rate", type=float, default=50.0, help="generated messages per second per connection")
     sub.add_parser("check-config", help="validate the environment and print the effective settings (secrets masked)")
-    bench = sub.add_parser("bench", help="benchmark the pipeline against the official SDK (see docs/performance.md)")
+    bench = sub.add_parser(
+        "bench", help="benchmark the pipeline against the official SDK (a development tool, docs/performance.md)"
+    )
     bench.add_argument("--quick", action="store_true", help="a seconds-long smoke run instead of the full benchmark")
     bench.add_argument("--out", default=None, help="directory for the JSON and PNG results")
     bench.add_argument(
@@ -43,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         help="interleaved repetitions of the full run (default 5; more give steadier medians on a noisy machine)",
     )
     soak = sub.add_parser(
-        "soak", help="run the demo feed with faults every few seconds and fail on resource growth (docs/reliability.md)"
+        "soak",
+        help="run the demo feed with faults every few seconds and fail on resource growth "
+        "(a development tool, docs/reliability.md)",
     )
     soak.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
     soak.add_argument("--fault-every", type=float, default=5.0, help="seconds between injected faults (default 5)")
@@ -56,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
 def _config_problems(problems: Sequence[str]) -> int:
     for line in problems:
         print(f"config error: {line}", file=sys.stderr)
+    return 2
+
+
+def _needs_tools(command: str, missing: ModuleNotFoundError) -> int:
+    # The tools live beside the package (exporter_tools/), not in the image; the benchmark needs the extra.
+    package = (missing.name or "").partition(".")[0] or str(missing)
+    print(
+        f"{command} needs the development tools: pip install 'alpaca-exporter[tools]' from a checkout "
+        f"(missing: {package})",
+        file=sys.stderr,
+    )
     return 2
 
 
@@ -91,19 +106,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
             return run_simulators(args.host, args.alpaca_port, args.yahoo_port, symbols, rate=args.rate)
         if command == "bench":
+            try:
+                from exporter_tools.bench import run_bench, run_core
+            except ModuleNotFoundError as exc:
+                return _needs_tools(command, exc)
             if args.core:
-                from exporter.bench import run_core
-
                 return run_core(messages=args.messages)
-            from exporter.bench import run_bench
-
             if args.repetitions < 1:
                 print("alpaca-exporter: --repetitions must be at least 1", file=sys.stderr)
                 return 2
             return run_bench(quick=args.quick, out=args.out, repetitions=args.repetitions)
         if command == "soak":
-            from exporter.soak import run_soak
-
+            try:
+                from exporter_tools.soak import run_soak
+            except ModuleNotFoundError as exc:
+                return _needs_tools(command, exc)
             return run_soak(
                 args.minutes, fault_every=args.fault_every, sample_every=args.sample_every, rate=args.rate, out=args.out
             )

@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test-tools
-.venv/bin/ruff check exporter tests
-.venv/bin/ruff format --check exporter tests
+.venv/bin/ruff check exporter exporter_tools tests
+.venv/bin/ruff format --check exporter exporter_tools tests
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"
 scripts/test-lowest.sh

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from exporter.bench import Plan, bench_symbols, render_table, run_bench
+from exporter_tools.bench import Plan, bench_symbols, render_table, run_bench
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_bench_symbols_are_distinct_ticker_like_and_stable() -> None:
@@ -70,9 +74,29 @@ def test_smoke_run_writes_table_json_and_charts(tmp_path: Path, capsys: pytest.C
 
 def test_core_bench_smoke() -> None:
     """`alpaca-exporter bench --core` in miniature: every trade accounted for, figures present."""
-    from exporter.bench import run_core_bench
+    from exporter_tools.bench import run_core_bench
 
     result = run_core_bench(messages=2_000, symbols=50)
     assert result["messages"] == 2_000
     assert result["msgs_per_s"] > 0
     assert result["scrape_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "missing"),
+    [
+        (["bench", "--quick"], "alpaca"),
+        (["bench", "--core"], "matplotlib"),
+        (["soak", "--minutes", "0.1"], "exporter_tools"),
+    ],
+)
+def test_tool_commands_name_what_to_install_when_it_is_missing(argv: list[str], missing: str) -> None:
+    """A dev install without the tools extra, or the image without exporter_tools/: one line, exit 2."""
+    # None in sys.modules makes every import of that module fail with ModuleNotFoundError.
+    blocked = f"import sys; sys.modules[{missing!r}] = None; from exporter.cli import main; sys.exit(main({argv!r}))"
+    result = subprocess.run([sys.executable, "-c", blocked], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"{argv[0]} needs the development tools: pip install 'alpaca-exporter[tools]' from a checkout "
+        f"(missing: {missing})\n"
+    )

@@ -7,9 +7,11 @@ metric moves within the first minute.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from exporter.app import Daemon, quiet_libraries
@@ -17,7 +19,7 @@ from exporter.logs import configure_logging
 from exporter.settings import Settings, load_settings
 from exporter.sim.alpaca_server import AlpacaSimulator
 from exporter.sim.market import Market
-from exporter.sim.scenario import demo_steps, run_scenario
+from exporter.sim.scenario import Faults, demo_steps, run_scenario
 from exporter.sim.yahoo_server import YahooSimulator
 
 DEMO_SYMBOLS = ["AAPL", "MSFT", "SPY", "NVDA", "TSLA"]
@@ -53,45 +55,68 @@ def demo_settings(alpaca_url: str, yahoo_url: str, *, port: int | None, **overri
 
 
 class Demo:
-    def __init__(self, *, port: int | None = None, rate: float = 200.0, **overrides: Any) -> None:
-        self.market = Market(DEMO_SYMBOLS, seed=7)
+    """Both simulators on loopback and the daemon pointed at them: the demo, and the soak's set-up."""
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        rate: float = 200.0,
+        seed: int = 7,
+        zombie_hold: float = 1.5,
+        request_log: int = 100_000,
+        **overrides: Any,
+    ) -> None:
+        self.market = Market(DEMO_SYMBOLS, seed=seed)
         self.alpaca = AlpacaSimulator(
             self.market,
             credentials=(DEMO_KEY, DEMO_SECRET),
             rate=rate,
             batch_size=10,
-            zombie_hold=1.5,
+            zombie_hold=zombie_hold,
             rare_probability=0.02,
             bar_period=10.0,
         )
-        self.yahoo = YahooSimulator(self.market)
+        # request_log: how many requests the Yahoo simulator remembers for tests (about 1 KB each).
+        self.yahoo = YahooSimulator(self.market, max_log=request_log)
+        self.faults = Faults(self.alpaca, self.yahoo, DEMO_SYMBOLS)
         self.port = port
         self.overrides = overrides
         self.daemon: Daemon | None = None
 
-    async def run(self, duration: float | None = None, announce: Any = None) -> None:
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Daemon]:
+        """The simulators serving and the daemon started; on exit the daemon stops, then the simulators."""
         async with self.alpaca, self.yahoo:
             settings = demo_settings(self.alpaca.url("/v2/iex"), self.yahoo.url, port=self.port, **self.overrides)
             self.daemon = daemon = Daemon(settings)
             runner = asyncio.create_task(daemon.run())
-            await daemon.wait_started()
+            try:
+                started = asyncio.create_task(daemon.wait_started())
+                await asyncio.wait({started, runner}, return_when=asyncio.FIRST_COMPLETED)
+                if not started.done():  # the daemon failed to start (a busy port): raise its error
+                    started.cancel()
+                    runner.result()
+                yield daemon
+            finally:
+                daemon.stop()
+                await runner
+
+    async def run(self, duration: float | None = None, announce: Callable[[str], None] | None = None) -> None:
+        """Until stopped (or ``duration`` seconds), with the scripted day of faults."""
+        async with self.running() as daemon:
             if announce:
                 announce(
                     f"alpaca-exporter demo: metrics at http://127.0.0.1:{daemon.port}/metrics "
                     f"(status /status, ready /readyz); Alpaca simulator {self.alpaca.url('/v2/iex')}, "
                     f"Yahoo simulator {self.yahoo.url}"
                 )
-            scenario = asyncio.create_task(
-                run_scenario(demo_steps(self.alpaca, self.yahoo, DEMO_SYMBOLS), announce=announce)
-            )
+            scenario = asyncio.create_task(run_scenario(demo_steps(self.faults), announce=announce))
             try:
-                if duration is not None:
-                    await asyncio.wait({runner}, timeout=duration)
-                    daemon.stop()
-                await runner
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(daemon.stopping.wait(), duration)
             finally:
                 scenario.cancel()
-                daemon.stop()
                 await asyncio.gather(scenario, return_exceptions=True)
 
 

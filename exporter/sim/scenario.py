@@ -1,7 +1,9 @@
-"""The demo's scripted day: normal streaming, then each fault an operator should see on /metrics.
+"""The faults the simulators can stage, and the demo's scripted day made of them.
 
-One cycle lasts ``CYCLE_SECONDS`` and repeats; within the first cycle every catalogue metric moves.
-Steps are data (time offset, what happens, the action), so the demo prints what it is doing.
+:class:`Faults` names each fault an operator should see on /metrics as one awaitable call; the demo's
+script (:func:`demo_steps`, timed) and the soak's rotation (``exporter_tools.soak``) are both built
+from it. One demo cycle lasts ``CYCLE_SECONDS`` and repeats; within the first cycle every catalogue
+metric moves. Steps are data (time offset, what happens, the action), so the demo prints what it is doing.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from exporter.sim.alpaca_server import AlpacaSimulator
 from exporter.sim.yahoo_server import YahooSimulator
@@ -18,18 +21,21 @@ from exporter.sim.yahoo_server import YahooSimulator
 log = logging.getLogger("exporter.demo")
 CYCLE_SECONDS = 60.0
 
-
-@dataclass(frozen=True)
-class Step:
-    at: float
-    what: str
-    action: Callable[[], Awaitable[None]]
+Action = Callable[[], Awaitable[None]]
 
 
-def demo_steps(alpaca: AlpacaSimulator, yahoo: YahooSimulator, symbols: list[str]) -> list[Step]:
-    first, second = symbols[0], symbols[1 % len(symbols)]
+class Faults:
+    """Faults on the two simulators; bad prints go to the first symbol, spikes to the second."""
 
-    async def bad_prints() -> None:
+    def __init__(self, alpaca: AlpacaSimulator, yahoo: YahooSimulator, symbols: Sequence[str]) -> None:
+        self.alpaca = alpaca
+        self.yahoo = yahoo
+        self.first, self.second = symbols[0], symbols[1 % len(symbols)]
+
+    async def bad_prints(self) -> None:
+        """A zero price, a crossed quote, a trade from the future, an unsubscribed symbol, an unknown
+        message type and a missing field: each rejection reason once."""
+        alpaca, first = self.alpaca, self.first
         now_ns = time.time_ns()
         await alpaca.inject_trade(first, 0.0)  # invalid_price
         await alpaca.inject(
@@ -43,50 +49,106 @@ def demo_steps(alpaca: AlpacaSimulator, yahoo: YahooSimulator, symbols: list[str
         await alpaca.send_unknown(first)
         await alpaca.send_missing_field(first)
 
-    async def spike() -> None:
-        alpaca.spike(second, 1.5, count=3)
+    async def garbage(self) -> None:
+        """Frames that do not decode: random bytes and a truncated frame."""
+        await self.alpaca.send_malformed("garbage")
+        await self.alpaca.send_malformed("truncated")
+
+    async def spike(self, factor: float, count: int) -> None:
+        """The second symbol's next ``count`` prices times ``factor``: its circuit breaker trips."""
+        self.alpaca.spike(self.second, factor, count=count)
+
+    async def drop(self, *, hold: float | None = None, refuse: int | None = None, times: int | None = None) -> None:
+        """TCP dropped without a close frame (the client sees 1006). With ``hold``, the server keeps the
+        dropped slot that many seconds (a reconnect within them meets 406); with ``refuse``, reconnects
+        are answered with that HTTP status (``times`` times, else until :meth:`accept`)."""
+        if refuse is not None:
+            self.alpaca.refuse_connections(refuse, count=times)
+        if hold is not None:
+            self.alpaca.zombie_hold = hold
+        await self.alpaca.drop_connections(hold_slot=hold is not None)
+
+    async def accept(self) -> None:
+        """Alpaca accepts connections again."""
+        self.alpaca.refuse_connections(None)
+
+    async def mute(self, on: bool = True) -> None:
+        """No data frames (pongs continue): the stream goes stale."""
+        self.alpaca.set_mute(on)
+
+    async def no_pong(self) -> None:
+        """Pings unanswered: a dead socket."""
+        self.alpaca.set_pong(False)
+
+    async def close_new(self) -> None:
+        """Every connection dropped and each new one closed (1011) right after the upgrade."""
+        self.alpaca.close_new_connections(True)
+        await self.drop()
+
+    async def yahoo_429(self, seconds: float, retry_after: float) -> None:
+        self.yahoo.rate_limit(seconds=seconds, retry_after=retry_after)
+
+    async def yahoo_503(self, seconds: float) -> None:
+        self.yahoo.server_error(503, seconds=seconds)
+
+    async def yahoo_html(self, seconds: float) -> None:
+        """Yahoo's "will be right back" HTML page, with a 200."""
+        self.yahoo.html_outage(200, seconds=seconds)
+
+    def heal(self) -> None:
+        """Undo every fault (Yahoo's end by themselves, but clearing is harmless)."""
+        self.alpaca.set_mute(False)
+        self.alpaca.set_pong(True)
+        self.alpaca.refuse_connections(None)
+        self.alpaca.close_new_connections(False)
+        self.yahoo.clear_faults()
+
+
+@dataclass(frozen=True)
+class Step:
+    at: float
+    what: str
+    action: Action
+
+
+def demo_steps(faults: Faults) -> list[Step]:
+    first, second = faults.first, faults.second
 
     async def alpaca_outage() -> None:
         # Long enough a zombie hold that the first reconnect after the outage meets a 406.
-        alpaca.zombie_hold = 12.0
-        alpaca.refuse_connections(503)
-        await alpaca.drop_connections(hold_slot=True)
-
-    async def alpaca_back() -> None:
-        alpaca.refuse_connections(None)
-
-    async def mute() -> None:
-        alpaca.set_mute(True)
-
-    async def unmute() -> None:
-        alpaca.set_mute(False)
-
-    async def yahoo_429() -> None:
-        yahoo.rate_limit(seconds=14.0, retry_after=2)
+        await faults.drop(hold=12.0, refuse=503)
 
     async def total_outage() -> None:
-        yahoo.outage("503", seconds=8.0)
-        alpaca.zombie_hold = 1.0
-        alpaca.refuse_connections(503)
-        await alpaca.drop_connections(hold_slot=False)
-
-    async def all_back() -> None:
-        alpaca.refuse_connections(None)
+        faults.yahoo.outage("503", seconds=8.0)
+        faults.alpaca.zombie_hold = 1.0
+        await faults.drop(refuse=503)
 
     return [
-        Step(5, f"bad prints on {first}: zero price, crossed quote, future timestamp, unknown symbol/type", bad_prints),
-        Step(8, f"price spike on {second} (x1.5): its circuit breaker trips, heals after the cooldown", spike),
+        Step(
+            5,
+            f"bad prints on {first}: zero price, crossed quote, future timestamp, unknown symbol/type",
+            faults.bad_prints,
+        ),
+        Step(
+            8,
+            f"price spike on {second} (x1.5): its circuit breaker trips, heals after the cooldown",
+            partial(faults.spike, 1.5, count=3),
+        ),
         Step(14, "Alpaca outage: TCP dropped without a close frame, reconnects refused -> failover", alpaca_outage),
         Step(
             24,
             "Alpaca accepts again; the dropped slot is still held (406), then failback after hysteresis",
-            alpaca_back,
+            faults.accept,
         ),
-        Step(34, "Alpaca goes mute while answering pings: stale stream detected -> reconnect, failover", mute),
-        Step(37, "Alpaca data flows again", unmute),
-        Step(40, "Yahoo answers 429 Too Many Requests with Retry-After: the poller backs off", yahoo_429),
+        Step(34, "Alpaca goes mute while answering pings: stale stream detected -> reconnect, failover", faults.mute),
+        Step(37, "Alpaca data flows again", partial(faults.mute, False)),
+        Step(
+            40,
+            "Yahoo answers 429 Too Many Requests with Retry-After: the poller backs off",
+            partial(faults.yahoo_429, 14.0, retry_after=2),
+        ),
         Step(46, "total outage: Alpaca refused and Yahoo down -> BOTH_UNAVAILABLE, /readyz 503", total_outage),
-        Step(54, "both sources back: straight to PRIMARY_ACTIVE", all_back),
+        Step(54, "both sources back: straight to PRIMARY_ACTIVE", faults.accept),
     ]
 
 

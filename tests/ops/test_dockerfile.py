@@ -261,6 +261,24 @@ def test_entrypoint_checks_the_config(image_venv: Path, tmp_path: Path) -> None:
     assert "Traceback" not in missing.stderr
 
 
+def test_entrypoint_says_what_the_tool_commands_need(image_venv: Path, tmp_path: Path) -> None:
+    """The image ships the daemon only (exporter/); bench and soak say what to install, no traceback."""
+    for command in ("bench", "soak"):
+        result = subprocess.run(
+            ["alpaca-exporter", command],
+            env=image_env(image_venv),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 2, result.stderr
+        assert result.stderr == (
+            f"{command} needs the development tools: pip install 'alpaca-exporter[tools]' from a checkout "
+            "(missing: exporter_tools)\n"
+        )
+
+
 def healthcheck(venv: Path, port: int) -> subprocess.CompletedProcess[str]:
     probe = json.loads(one(stages()[-1], "HEALTHCHECK").split(" CMD ", 1)[1])
     return subprocess.run(

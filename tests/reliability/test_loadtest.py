@@ -1,10 +1,10 @@
-"""The load test's wrk parsing (the run itself needs wrk and ~1 minute: ``python -m exporter.loadtest``)."""
+"""The load test's wrk parsing (the run itself needs wrk and ~1 minute: ``python -m exporter_tools.loadtest``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from exporter.loadtest import parse_wrk
+from exporter_tools.loadtest import parse_wrk
 
 CLEAN = """Running 1s test @ http://127.0.0.1:18555/
   1 threads and 2 connections

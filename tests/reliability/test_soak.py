@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.soak import Sample, judge, soak
+from exporter_tools.soak import Sample, judge, soak
 
 
 def _samples(rss: list[float], fds: int = 20, tasks: int = 12, series: int = 240) -> list[Sample]:

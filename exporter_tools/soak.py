@@ -1,11 +1,12 @@
 """``alpaca-exporter soak``: the demo-scale feed with a fault every few seconds, watched for leaks.
 
-What runs: both simulators on loopback and the daemon pointed at them (the demo's settings: five
-symbols, trades/quotes/bars at ``rate`` messages per second), in this one process. Every
-``fault_every`` seconds the next fault of :data:`FAULTS` is injected and undone ``fault_every / 2``
-seconds later: TCP drops (with and without the zombie slot that draws a 406), upgrade refusals (429),
-a mute stream (staleness), a dead socket (no pongs), undecodable frames, bad prints, a price spike,
-Yahoo 429 / 5xx / HTML outages.
+What runs: the demo's set-up (:class:`exporter.sim.demo.Demo`: both simulators on loopback and the
+daemon pointed at them, five symbols, trades/quotes/bars at ``rate`` messages per second), in this one
+process. Every ``fault_every`` seconds the next fault of :func:`schedule` (made of the demo's
+:class:`~exporter.sim.scenario.Faults`) is injected and undone ``fault_every / 2`` seconds later: TCP
+drops (with and without the zombie slot that draws a 406), upgrade refusals (429), a mute stream
+(staleness), a dead socket (no pongs), undecodable frames, bad prints, a price spike, Yahoo 429 / 5xx /
+HTML outages.
 
 What is sampled, every ``sample_every`` seconds: resident memory (``/proc/self/statm``), open file
 descriptors (``/proc/self/fd``), asyncio tasks, and the number of sample lines a real scrape of
@@ -33,21 +34,20 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from exporter.app import Daemon, quiet_libraries
+from exporter.app import quiet_libraries
 from exporter.logs import configure_logging
-from exporter.sim.alpaca_server import AlpacaSimulator
-from exporter.sim.demo import DEMO_KEY, DEMO_SECRET, DEMO_SYMBOLS, demo_settings
-from exporter.sim.market import Market
-from exporter.sim.yahoo_server import YahooSimulator
+from exporter.sim.demo import Demo
+from exporter.sim.scenario import Action, Faults
 
-log = logging.getLogger("exporter.soak")
+log = logging.getLogger("exporter_tools.soak")
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -140,71 +140,27 @@ def judge(samples: list[Sample], warmup: float) -> dict[str, dict[str, float | b
     return out
 
 
-def faults(alpaca: AlpacaSimulator, yahoo: YahooSimulator) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-    """(name, inject) pairs, injected in turn; :func:`heal` undoes them all."""
+def schedule(faults: Faults) -> list[tuple[str, Action]]:
+    """(name, inject) pairs, injected in turn; :meth:`Faults.heal` undoes them all."""
 
-    async def drop() -> None:
-        await alpaca.drop_connections(hold_slot=False)
-
-    async def drop_zombie() -> None:
-        alpaca.zombie_hold = 1.0  # the quick reconnect meets a 406, the next one gets through
-        await alpaca.drop_connections(hold_slot=True)
-
-    async def refuse_429() -> None:
-        alpaca.refuse_connections(429, count=2)
-        await alpaca.drop_connections(hold_slot=False)
-
-    async def mute() -> None:
-        alpaca.set_mute(True)
-
-    async def no_pong() -> None:
-        alpaca.set_pong(False)
-
-    async def garbage() -> None:
-        await alpaca.send_malformed("garbage")
-        await alpaca.send_malformed("truncated")
-        await alpaca.send_unknown(DEMO_SYMBOLS[0])
-        await alpaca.send_missing_field(DEMO_SYMBOLS[0])
-        await alpaca.inject_trade(DEMO_SYMBOLS[0], 0.0)
-
-    async def spike() -> None:
-        alpaca.spike(DEMO_SYMBOLS[1], 1.6, count=2)
-
-    async def yahoo_429() -> None:
-        yahoo.rate_limit(seconds=2.0, retry_after=1)
-
-    async def yahoo_5xx() -> None:
-        yahoo.server_error(503, seconds=2.0)
-
-    async def yahoo_html() -> None:
-        yahoo.html_outage(200, seconds=2.0)
-
-    async def close_new() -> None:
-        alpaca.close_new_connections(True)
-        await alpaca.drop_connections(hold_slot=False)
+    async def garbage_and_bad_prints() -> None:
+        await faults.garbage()
+        await faults.bad_prints()
 
     return [
-        ("alpaca drop (1006)", drop),
-        ("yahoo 429", yahoo_429),
-        ("alpaca garbage frames and bad prints", garbage),
-        ("alpaca drop holding the slot (406)", drop_zombie),
-        ("alpaca mute (stale stream)", mute),
-        ("yahoo 503", yahoo_5xx),
-        ("alpaca 429 at upgrade", refuse_429),
-        ("price spike", spike),
-        ("alpaca dead socket (no pongs)", no_pong),
-        ("yahoo HTML outage", yahoo_html),
-        ("alpaca closes new connections", close_new),
+        ("alpaca drop (1006)", faults.drop),
+        ("yahoo 429", partial(faults.yahoo_429, 2.0, retry_after=1)),
+        ("alpaca garbage frames and bad prints", garbage_and_bad_prints),
+        # The quick reconnect meets a 406, the next one gets through.
+        ("alpaca drop holding the slot (406)", partial(faults.drop, hold=1.0)),
+        ("alpaca mute (stale stream)", faults.mute),
+        ("yahoo 503", partial(faults.yahoo_503, 2.0)),
+        ("alpaca 429 at upgrade", partial(faults.drop, refuse=429, times=2)),
+        ("price spike", partial(faults.spike, 1.6, count=2)),
+        ("alpaca dead socket (no pongs)", faults.no_pong),
+        ("yahoo HTML outage", partial(faults.yahoo_html, 2.0)),
+        ("alpaca closes new connections", faults.close_new),
     ]
-
-
-def heal(alpaca: AlpacaSimulator, yahoo: YahooSimulator) -> None:
-    """Undo every fault knob (Yahoo faults end by themselves, but clearing is harmless)."""
-    alpaca.set_mute(False)
-    alpaca.set_pong(True)
-    alpaca.refuse_connections(None)
-    alpaca.close_new_connections(False)
-    yahoo.clear_faults()
 
 
 async def soak(
@@ -217,34 +173,21 @@ async def soak(
     on_sample: Callable[[Sample], None] | None = None,
 ) -> SoakReport:
     """Run the soak for ``seconds`` and return the report (``ok`` is the verdict)."""
-    market = Market(DEMO_SYMBOLS, seed=11)
-    alpaca = AlpacaSimulator(
-        market,
-        credentials=(DEMO_KEY, DEMO_SECRET),
-        rate=rate,
-        batch_size=10,
-        zombie_hold=1.0,
-        rare_probability=0.02,
-        bar_period=10.0,
-    )
-    # The simulator keeps a log of every request for tests (100,000 by default, ~1 KB each): in a soak
-    # that log, not the exporter, would be the memory that grows. Keep it short.
-    yahoo = YahooSimulator(market, max_log=500)
+    # The Yahoo simulator remembers requests for tests (100,000 by default): in a soak that log, not the
+    # exporter, would be the memory that grows. Keep it short.
+    demo = Demo(port=0, rate=rate, seed=11, zombie_hold=1.0, request_log=500, host="127.0.0.1", log_level="WARNING")
+    faults = demo.faults
     report = SoakReport(seconds=0.0, faults=0)
-    async with alpaca, yahoo:
-        settings = demo_settings(alpaca.url("/v2/iex"), yahoo.url, port=0, host="127.0.0.1", log_level="WARNING")
-        daemon = Daemon(settings)
-        runner = asyncio.create_task(daemon.run())
-        await asyncio.wait_for(daemon.wait_started(), 10)
+    async with demo.running() as daemon:
         base = f"http://127.0.0.1:{daemon.port}"
-        schedule = faults(alpaca, yahoo)
+        rotation = schedule(faults)
         start = time.monotonic()
 
         async def inject() -> None:
             i = 0
             while True:
                 await asyncio.sleep(fault_every / 2)
-                name, action = schedule[i % len(schedule)]
+                name, action = rotation[i % len(rotation)]
                 log.info("soak fault: %s", name)
                 try:
                     await action()
@@ -253,7 +196,7 @@ async def soak(
                 report.faults += 1
                 i += 1
                 await asyncio.sleep(fault_every / 2)
-                heal(alpaca, yahoo)
+                faults.heal()
 
         injector = asyncio.create_task(inject())
         try:
@@ -288,12 +231,10 @@ async def soak(
             injector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await injector
-            heal(alpaca, yahoo)
+            faults.heal()
             report.seconds = time.monotonic() - start
             report.received = daemon.core.received["alpaca"]
             report.dropped_frames = daemon.queue.dropped
-            daemon.stop()
-            await asyncio.wait_for(runner, 10)
     report.verdicts = judge(report.samples, warmup)
     report.ok = (
         bool(report.verdicts)

@@ -2,7 +2,7 @@
 
 One process — this one, the *driver* — pre-generates the feeds, runs the product's Alpaca simulator on
 loopback and streams the feeds; every contender runs in a fresh interpreter (a *worker*:
-``python -m exporter.bench --worker SPEC``), so its imports, RSS and warm-up are its own and the
+``python -m exporter_tools.bench --worker SPEC``), so its imports, RSS and warm-up are its own and the
 simulator's sending cost lands on the driver's core, not the contender's.
 
 Contenders (throughput: the same pre-generated feed, streamed as fast as the consumer reads):
@@ -44,6 +44,10 @@ from pathlib import Path
 from typing import Any, cast
 
 from exporter.core.messages import EPOCH
+from exporter_tools import require
+
+# The SDK worker imports alpaca-py and the charts need matplotlib, both late in a run: fail at the start.
+require("alpaca", "matplotlib")
 
 # The driver's own imports stay light; workers import what their contender needs.
 
@@ -524,7 +528,7 @@ class Driver:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "exporter.bench",
+            "exporter_tools.bench",
             "--worker",
             json.dumps(spec),
             stdout=asyncio.subprocess.PIPE,
@@ -1000,7 +1004,7 @@ def run_core(*, messages: int) -> int:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exporter.bench")
+    parser = argparse.ArgumentParser(prog="python -m exporter_tools.bench")
     parser.add_argument("--worker", required=True, help="internal: run one contender (JSON spec)")
     args = parser.parse_args(argv)
     return worker_main(args.worker)

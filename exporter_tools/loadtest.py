@@ -1,4 +1,4 @@
-"""Load on the endpoints while the feed runs: ``python -m exporter.loadtest`` (needs ``wrk``, Debian
+"""Load on the endpoints while the feed runs: ``python -m exporter_tools.loadtest`` (needs ``wrk``, Debian
 package ``wrk``). Figures go to docs/reliability.md.
 
 1. The simulators run in this process; the exporter runs as its own process (``alpaca-exporter run``),
@@ -288,7 +288,7 @@ async def run_load(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m exporter.loadtest", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m exporter_tools.loadtest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="duration of each wrk run (default 10)")
     parser.add_argument("--connections", default="10,50", help="comma-separated wrk connection counts")
     parser.add_argument("--feed", choices=("paced", "live"), default="paced", help="see the module doc")
