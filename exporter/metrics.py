@@ -310,15 +310,15 @@ class CoreCollector(Collector):
 
         f = _gauge("alpaca_connection_status")
         for conn in CONN_STATES:
-            f.add_metric([conn], 1.0 if core.conn_state == conn else 0.0)
+            f.add_metric([conn], 1.0 if core.health.conn_state == conn else 0.0)
         yield f
         f = _gauge("alpaca_authentication_status")
-        f.add_metric([], 1.0 if core.authenticated else 0.0)
+        f.add_metric([], 1.0 if core.health.authenticated else 0.0)
         yield f
 
         def received_metric() -> Metric:
             c = _counter("alpaca_messages_received_total")
-            c.add_metric(["control", ""], float(core.control_received))
+            c.add_metric(["control", ""], float(core.counters.control_received))
             for series in all_series:
                 for i, n in enumerate(series.received):
                     if n:
@@ -327,7 +327,7 @@ class CoreCollector(Collector):
 
         def received_lines() -> Iterator[str]:
             name = "alpaca_messages_received_total"
-            yield f'{name}{{symbol="",type="control"}} {_count_text(core.control_received)}\n'
+            yield f'{name}{{symbol="",type="control"}} {_count_text(core.counters.control_received)}\n'
             for series in all_series:
                 lab = label(series.label)
                 for i, n in enumerate(series.received):
@@ -370,7 +370,7 @@ class CoreCollector(Collector):
 
         yield _SymbolFamily(SPECS["alpaca_message_latency_seconds"], latency_metric, latency_lines)
         h = _histogram("alpaca_streaming_processing_duration_ms")
-        _add_histogram(h, [], core.processing_ms)
+        _add_histogram(h, [], core.counters.processing_ms)
         yield h
 
         f = _gauge("datasource_router_state")
@@ -380,13 +380,13 @@ class CoreCollector(Collector):
         c.add_metric([], float(core.failovers))
         yield c
         h = _histogram("datasource_router_recovery_time_seconds")
-        _add_histogram(h, [], core.recovery)
+        _add_histogram(h, [], core.failover.recovery)
         yield h
         f = _gauge("datasource_router_uptime_percent")
         f.add_metric([], core.uptime_percent())
         yield f
         f = _gauge("alpaca_subscribed_symbols_count")
-        f.add_metric([], float(len(core.subscribed)))
+        f.add_metric([], float(len(core.health.subscribed)))
         yield f
 
         c = _counter("datasource_router_validation_failures_total")
@@ -475,7 +475,7 @@ class CoreCollector(Collector):
         f.add_metric([FALLBACK], 1.0 if core.fallback_healthy(now) else 0.0)
         yield f
         h = _histogram("dependency_latency_seconds")
-        for (dep, method), hist in sorted(core.dependency_latency.items()):
+        for (dep, method), hist in sorted(core.counters.dependency_latency.items()):
             _add_histogram(h, [dep, method], hist)
         yield h
 
@@ -491,7 +491,7 @@ class CoreCollector(Collector):
         for source in SOURCES:
             c.add_metric([source, "routed"], float(core.routed[source]))
             c.add_metric([source, "standby"], float(core.standby[source]))
-            c.add_metric([source, "rejected"], float(core.rejected_by_source[source]))
+            c.add_metric([source, "rejected"], float(core.counters.rejected_by_source[source]))
         yield c
         depth, dropped = self.queue_stats() if self.queue_stats else (0, 0)
         f = _gauge("alpaca_stream_queue_frames")

@@ -61,7 +61,7 @@ def busy_core(*, max_series: int = 4) -> tuple[Core, FakeClock]:
     # Counts past 1e6 render with Go's exponent form.
     core.series["AAPL"].received[0] += 12_345_678
     core.series["AAPL"].latency.counts[0] += 2_000_000
-    core.control_received = 7_654_321
+    core.counters.control_received = 7_654_321
     clock.advance(12.5)
     return core, clock
 

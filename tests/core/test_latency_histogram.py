@@ -79,7 +79,7 @@ def test_derived_latency_histogram_equals_a_plain_one(steps: list[tuple[str, str
         if core.routed["alpaca"] > before and kind not in ("bar", "malformed", "unknown"):
             assert isinstance(message, Trade | Quote | TradingStatus | Luld | Correction)
             latency = (utc_from_ns(wall_ns) - message.t).total_seconds()
-            label = core._count_series(symbol).label
+            label = core.ingest.count_series(symbol).label
             expected.setdefault(label, Histogram(LATENCY_BUCKETS)).observe(max(latency, 0.0))
         h.advance(0.01)
     for series in (*core.series.values(), core.other):

@@ -20,14 +20,8 @@ from exporter.core.events import (
     PrimarySubscribed,
 )
 from exporter.core.messages import DailyBar, Malformed, TradingStatus, Unknown, UpdatedBar
-from exporter.core.router import (
-    TRANSITIONS,
-    UPTIME_WINDOW_S,
-    PrimaryStale,
-    State,
-    Transition,
-    mermaid_diagram,
-)
+from exporter.core.failover import TRANSITIONS, UPTIME_WINDOW_S, State, Transition, mermaid_diagram
+from exporter.core.health import PrimaryStale
 from exporter.core.stats import OTHER_SYMBOL, PROCESSING_MS_BUCKETS, K
 from tests.core.conftest import SATURDAY_WALL_S, Harness, only_transition
 
@@ -120,7 +114,7 @@ def test_fallback_from_start_up_is_not_a_failover(h: Harness) -> None:
     assert (t.previous, t.new, t.reason) == (B, F, "fallback healthy")
     assert not t.failover
     assert h.core.failovers == 0
-    assert h.core.recovery.count == 0
+    assert h.core.failover.recovery.count == 0
 
 
 def test_fallback_health_lasts_three_poll_periods(h: Harness) -> None:
@@ -180,7 +174,7 @@ def test_primary_failure_with_healthy_fallback_is_a_failover(h: Harness) -> None
     assert t.recovery_seconds == 0.0
     assert t.seconds_in_previous == pytest.approx(12.0)
     assert h.core.failovers == 1
-    assert h.core.recovery.count == 1
+    assert h.core.failover.recovery.count == 1
 
 
 def test_failover_through_both_unavailable_counts_once_with_recovery_time(h: Harness) -> None:
@@ -198,9 +192,9 @@ def test_failover_through_both_unavailable_counts_once_with_recovery_time(h: Har
     assert t2.recovery_seconds == pytest.approx(7.0)
     assert h.core.failovers == 1
     # 7 s falls in the (5, 10] bucket of 1 5 10 20 30 60.
-    assert h.core.recovery.bounds == (1.0, 5.0, 10.0, 20.0, 30.0, 60.0)
-    assert h.core.recovery.counts == [0, 0, 1, 0, 0, 0, 0]
-    assert h.core.recovery.sum == pytest.approx(7.0)
+    assert h.core.failover.recovery.bounds == (1.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+    assert h.core.failover.recovery.counts == [0, 0, 1, 0, 0, 0, 0]
+    assert h.core.failover.recovery.sum == pytest.approx(7.0)
 
 
 def test_fallback_flapping_within_one_outage_is_one_failover(make: Callable[..., Harness]) -> None:
@@ -210,7 +204,7 @@ def test_fallback_flapping_within_one_outage_is_one_failover(make: Callable[...,
     h.fallback_ok(period_s=60.0)
     assert h.state is F
     assert h.core.failovers == 1
-    assert h.core.recovery.count == 1
+    assert h.core.failover.recovery.count == 1
 
 
 def test_each_outage_counts_its_own_failover(make: Callable[..., Harness]) -> None:
@@ -222,7 +216,7 @@ def test_each_outage_counts_its_own_failover(make: Callable[..., Harness]) -> No
     h.primary_down()
     assert h.state is F
     assert h.core.failovers == 2
-    assert h.core.recovery.count == 2
+    assert h.core.failover.recovery.count == 2
 
 
 def test_outage_recovered_by_primary_is_not_a_failover(h: Harness) -> None:
@@ -648,7 +642,7 @@ def test_latency_of_a_message_stamped_slightly_ahead_is_zero(h: Harness) -> None
 
 
 def test_processing_histogram_has_one_observation_per_message(h: Harness) -> None:
-    assert h.core.processing_ms.bounds == PROCESSING_MS_BUCKETS
+    assert h.core.counters.processing_ms.bounds == PROCESSING_MS_BUCKETS
     h.primary_up()
     h.frame(
         h.trade(),
@@ -658,7 +652,7 @@ def test_processing_histogram_has_one_observation_per_message(h: Harness) -> Non
         Malformed(T="t", S="AAPL", detail="missing p"),
         decode_seconds=0.005,
     )
-    hist = h.core.processing_ms
+    hist = h.core.counters.processing_ms
     assert hist.count == 5
     # 5 ms over 5 messages = 1 ms each, in the le=1 bucket.
     assert hist.sum == pytest.approx(5.0)
@@ -742,8 +736,8 @@ def test_dependency_latency_is_kept_per_dependency_and_method(h: Harness) -> Non
     h.send(DependencyLatency("alpaca", "handshake", 0.2))
     h.send(DependencyLatency("alpaca", "handshake", 0.3))
     h.send(DependencyLatency("yahoo", "poll", 0.05))
-    assert h.core.dependency_latency[("alpaca", "handshake")].count == 2
-    assert h.core.dependency_latency[("yahoo", "poll")].sum == pytest.approx(0.05)
+    assert h.core.counters.dependency_latency[("alpaca", "handshake")].count == 2
+    assert h.core.counters.dependency_latency[("yahoo", "poll")].sum == pytest.approx(0.05)
 
 
 def test_accounting_is_exact_over_a_mixed_session(h: Harness) -> None:
