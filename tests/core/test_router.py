@@ -19,9 +19,9 @@ from exporter.core.events import (
     PrimaryError,
     PrimarySubscribed,
 )
-from exporter.core.messages import DailyBar, Malformed, TradingStatus, Unknown, UpdatedBar
 from exporter.core.failover import TRANSITIONS, UPTIME_WINDOW_S, State, Transition, mermaid_diagram
 from exporter.core.health import PrimaryStale
+from exporter.core.messages import DailyBar, Malformed, TradingStatus, Unknown, UpdatedBar
 from exporter.core.stats import OTHER_SYMBOL, PROCESSING_MS_BUCKETS, K
 from tests.core.conftest import SATURDAY_WALL_S, Harness, only_transition
 
