@@ -761,3 +761,38 @@ def test_fallback_poll_without_error_type_is_not_counted(h: Harness) -> None:
     h.send(FallbackPoll(ok=False, period_s=5.0))
     assert sum(h.core.yahoo_errors.values()) == 0
     assert h.state is B
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+def test_metrics_off_keeps_every_outcome_and_skips_only_the_per_symbol_bookkeeping(
+    make: Callable[..., Harness], metrics: bool
+) -> None:
+    h = failed_over(make, metrics=metrics)
+    h.primary_up()  # healthy but not held: the primary's data is standby
+    standby = [h.trade(p=100.1), h.quote()]
+    rejected = [h.trade(p=-1.0), h.trade("ZZZ"), Unknown(T="zz", S="AAPL"), Malformed(T="t", S="AAPL", detail="no p")]
+    h.frame(*standby, *rejected)
+    h.tick(30.0)  # failback
+    assert h.state is P
+    h.frame(h.trade(p=100.2), h.quote(age_s=0.5), h.bar(c=100.3))
+    assert h.core.accounting()["alpaca"] == {"received": 9, "routed": 3, "standby": 2, "rejected": 4}
+    assert {k: v for k, v in h.core.rejected.items() if v} == {"invalid_price": 1, "unknown_symbol": 1, "malformed": 2}
+    assert h.core.symbols["AAPL"].routed_price == 100.3
+    # Only the bookkeeping behind alpaca_messages_received_total, latency and processing time is skipped.
+    counted = sum(sum(s.received) for s in (*h.core.series.values(), h.core.other))
+    assert counted == (9 if metrics else 0)
+    assert (h.core.series["AAPL"].latency_histogram().count == 2) is metrics
+    assert (h.core.counters.processing_ms.count == 9) is metrics
+
+
+def test_state_since_and_fallback_last_ok_are_monotonic_times(h: Harness) -> None:
+    assert h.core.state_since == h.start
+    assert h.core.fallback_last_ok is None
+    h.advance(3.0)
+    h.fallback_ok()  # BOTH_UNAVAILABLE -> FALLBACK_ACTIVE now
+    assert h.core.fallback_last_ok == h.start + 3.0
+    assert h.core.state_since == h.start + 3.0
+    h.advance(1.0)
+    h.fallback_ok()
+    assert h.core.fallback_last_ok == h.start + 4.0
+    assert h.core.state_since == h.start + 3.0
