@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
@@ -232,6 +232,11 @@ def _float_text(d: float) -> str:
     return s
 
 
+@cache
+def _le_texts(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    return (*(floatToGoString(b) for b in bounds), "+Inf")
+
+
 def _header(spec: Spec, openmetrics: bool) -> str:
     doc = spec.help.replace("\\", r"\\").replace("\n", r"\n")
     if openmetrics:
@@ -249,12 +254,12 @@ class _Writer:
     series cap (plus the configured symbols and the few dependency series).
     """
 
-    __slots__ = ("_escaped", "_histogram_prefixes", "_label_order")
+    __slots__ = ("_escaped", "_histogram_prefixes", "_prefix_templates")
 
     def __init__(self) -> None:
         self._escaped: dict[str, str] = {}
         self._histogram_prefixes: dict[tuple[str, Labels], tuple[str, ...]] = {}
-        self._label_order: dict[str, tuple[tuple[str, int], ...]] = {}
+        self._prefix_templates: dict[str, str] = {}
 
     def text(self, family: Family) -> str:
         return _header(family.spec, openmetrics=False) + "".join(self._lines(family))
@@ -266,10 +271,11 @@ class _Writer:
         out: list[str] = []
         append = out.append
         if isinstance(family, Values):
-            name = family.spec.name
+            prefix = self._sample_prefix(family.spec)
+            escape = self._escape
             for values, value in family.samples:
                 number = _count_text(value) if type(value) is int else _float_text(value)
-                append(f"{name}{self._labels(family.spec, values, ())} {number}\n")
+                append(f"{prefix.format(*map(escape, values))}{number}\n")
             return out
         prefixes = self._histogram_prefixes
         for values, hist in family.samples:
@@ -286,24 +292,26 @@ class _Writer:
 
     def _prefixes(self, spec: Spec, values: Labels, bounds: tuple[float, ...]) -> tuple[str, ...]:
         """A histogram series' line prefixes: one per bucket (+Inf last), then _count and _sum."""
-        les = (*(floatToGoString(b) for b in bounds), "+Inf")
+        pairs = [f'{n}="{v}"' for n, v in sorted(zip(spec.labels, map(self._escape, values), strict=True))]
+        at = sum(n < "le" for n in spec.labels)  # where ``le`` sorts among the family's labels
+        head = "".join(f"{pair}," for pair in pairs[:at])
+        tail = "".join(f",{pair}" for pair in pairs[at:])
+        plain = "{" + ",".join(pairs) + "}" if pairs else ""
         return (
-            *(f"{spec.name}_bucket{self._labels(spec, values, (('le', le),))} " for le in les),
-            f"{spec.name}_count{self._labels(spec, values, ())} ",
-            f"{spec.name}_sum{self._labels(spec, values, ())} ",
+            *(f'{spec.name}_bucket{{{head}le="{le}"{tail}}} ' for le in _le_texts(bounds)),
+            f"{spec.name}_count{plain} ",
+            f"{spec.name}_sum{plain} ",
         )
 
-    def _labels(self, spec: Spec, values: Labels, extra: tuple[tuple[str, str], ...]) -> str:
-        """``{name="value",...}`` in the library's order (sorted by name), or "" without labels."""
-        if not values and not extra:
-            return ""
-        order = self._label_order.get(spec.name)
-        if order is None:
-            order = self._label_order[spec.name] = tuple(sorted((n, i) for i, n in enumerate(spec.labels)))
-        pairs = [(n, self._escape(values[i])) for n, i in order]
-        if extra:
-            pairs = sorted([*pairs, *extra])
-        return "{" + ",".join([f'{n}="{v}"' for n, v in pairs]) + "}"
+    def _sample_prefix(self, spec: Spec) -> str:
+        """The family's ``name{label="{i}",...} `` as a format string over its label values (built once)."""
+        prefix = self._prefix_templates.get(spec.name)
+        if prefix is None:
+            # Label values go in as format arguments: the template's own braces are doubled.
+            order = sorted(range(len(spec.labels)), key=spec.labels.__getitem__)
+            labels = ",".join([f'{spec.labels[i]}="{{{i}}}"' for i in order])
+            prefix = self._prefix_templates[spec.name] = f"{spec.name}{{{{{labels}}}}} " if labels else f"{spec.name} "
+        return prefix
 
     def _escape(self, value: str) -> str:
         escaped = self._escaped.get(value)
