@@ -192,6 +192,12 @@ def _histograms(name: str, samples: Iterable[tuple[Labels, Histogram]]) -> Histo
     return Histograms(SPECS[name], samples)
 
 
+@cache
+def _le_texts(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """A histogram's ``le`` label values, +Inf last (the library's formatting)."""
+    return (*(floatToGoString(b) for b in bounds), "+Inf")
+
+
 def _metric(family: Family) -> Metric:
     """The family as the library's ``Metric``, for its encoders."""
     spec = family.spec
@@ -199,9 +205,7 @@ def _metric(family: Family) -> Metric:
     if isinstance(family, Histograms):
         h = HistogramMetricFamily(spec.name, spec.help, labels=labels)
         for values, hist in family.samples:
-            cumulative = hist.cumulative()
-            buckets = [(floatToGoString(b), float(c)) for b, c in zip(hist.bounds, cumulative, strict=False)]
-            buckets.append(("+Inf", float(cumulative[-1])))
+            buckets = [(le, float(c)) for le, c in zip(_le_texts(hist.bounds), hist.cumulative(), strict=True)]
             h.add_metric(list(values), buckets, hist.sum)
         return h
     m: CounterMetricFamily | GaugeMetricFamily
@@ -230,11 +234,6 @@ def _float_text(d: float) -> str:
     if "n" in s or (d > 0 and s.find(".") > 6):
         return floatToGoString(d)
     return s
-
-
-@cache
-def _le_texts(bounds: tuple[float, ...]) -> tuple[str, ...]:
-    return (*(floatToGoString(b) for b in bounds), "+Inf")
 
 
 def _header(spec: Spec, openmetrics: bool) -> str:

@@ -796,3 +796,24 @@ def test_state_since_and_fallback_last_ok_are_monotonic_times(h: Harness) -> Non
     h.fallback_ok()
     assert h.core.fallback_last_ok == h.start + 4.0
     assert h.core.state_since == h.start + 3.0
+
+
+def test_the_failover_reason_is_an_error_reported_within_the_last_second(h: Harness) -> None:
+    h.primary_up()
+    h.fallback_ok(period_s=60.0)
+    h.send(PrimaryError("auth_failed", "token revoked"))
+    t = only_transition(h.send(PrimaryAuthenticated(False)))
+    assert t.reason == "primary failed: auth_failed: token revoked"  # the error, not its symptom
+    h.primary_up()
+    h.tick(30.0)  # failback
+    h.send(PrimaryError("slow_client"))
+    h.advance(1.5)  # an older error no longer explains the outage: the symptom does
+    t = only_transition(h.send(PrimaryAuthenticated(False)))
+    assert t.reason == "primary failed: not authenticated"
+
+
+def test_an_empty_subscription_ack_is_the_failover_reason(h: Harness) -> None:
+    h.primary_up()
+    h.fallback_ok(period_s=60.0)
+    t = only_transition(h.send(PrimarySubscribed(frozenset())))
+    assert t.reason == "primary failed: not subscribed"
