@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
@@ -156,37 +156,66 @@ def _family_name(spec: Spec) -> str:
     return spec.name.removesuffix("_total") if spec.type == "counter" else spec.name
 
 
-def _counter(name: str, labels: Iterable[str] = ()) -> CounterMetricFamily:
-    spec = SPECS[name]
-    return CounterMetricFamily(_family_name(spec), spec.help, labels=list(labels or spec.labels))
-
-
-def _gauge(name: str) -> GaugeMetricFamily:
-    spec = SPECS[name]
-    return GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-
-
-def _histogram(name: str) -> HistogramMetricFamily:
-    spec = SPECS[name]
-    return HistogramMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-
-
-def _add_histogram(family: HistogramMetricFamily, labels: list[str], hist: Histogram) -> None:
-    cumulative = hist.cumulative()
-    buckets = [(floatToGoString(b), float(c)) for b, c in zip(hist.bounds, cumulative, strict=False)]
-    buckets.append(("+Inf", float(cumulative[-1])))
-    family.add_metric(labels, buckets, hist.sum)
-
-
-QueueStats = Callable[[], tuple[int, int]]
-
-
 # --------------------------------------------------------------------------------------------------
-# The focused renderer. prometheus_client's generic exposition builds a Sample namedtuple with a labels
-# dict per sample and formats each through sorted(), str.format and floatToGoString: ≈ 60 ms for the
-# ≈ 7k samples of 500 symbols (docs/performance.md). The per-symbol families are written here straight
-# from the core's arrays instead — same bytes, proven against the library's encoders in
-# tests/test_metrics_render.py; every other family (a few dozen samples) still goes through them.
+# Families. Each family the core exports is defined once, in ``CoreCollector._families``, as one of two
+# shapes: ``Values`` (a counter or gauge: label values and a number per sample) or ``Histograms`` (label
+# values and a ``Histogram`` per sample). Each shape is then rendered by one function per format: as a
+# library ``Metric`` for its encoders (``collect()``), or written directly as text 0.0.4 or OpenMetrics
+# (``render()``, the daemon's /metrics). prometheus_client's generic exposition builds a Sample
+# namedtuple with a labels dict per sample and formats each through sorted(), str.format and
+# floatToGoString: ≈ 60 ms for the ≈ 7k samples of 500 symbols (docs/performance.md). The direct
+# writer renders the same bytes, proven against the library's encoders in tests/test_metrics_render.py.
+
+Labels = tuple[str, ...]  # label values, in the spec's label order
+
+
+@dataclass(frozen=True, slots=True)
+class Values:
+    spec: Spec
+    samples: Iterable[tuple[Labels, float]]  # an int renders as a count
+
+
+@dataclass(frozen=True, slots=True)
+class Histograms:
+    spec: Spec
+    samples: Iterable[tuple[Labels, Histogram]]
+
+
+Family = Values | Histograms
+
+
+def _values(name: str, samples: Iterable[tuple[Labels, float]]) -> Values:
+    return Values(SPECS[name], samples)
+
+
+def _histograms(name: str, samples: Iterable[tuple[Labels, Histogram]]) -> Histograms:
+    return Histograms(SPECS[name], samples)
+
+
+@cache
+def _le_texts(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """A histogram's ``le`` label values, +Inf last (the library's formatting)."""
+    return (*(floatToGoString(b) for b in bounds), "+Inf")
+
+
+def _metric(family: Family) -> Metric:
+    """The family as the library's ``Metric``, for its encoders."""
+    spec = family.spec
+    labels = list(spec.labels)
+    if isinstance(family, Histograms):
+        h = HistogramMetricFamily(spec.name, spec.help, labels=labels)
+        for values, hist in family.samples:
+            buckets = [(le, float(c)) for le, c in zip(_le_texts(hist.bounds), hist.cumulative(), strict=True)]
+            h.add_metric(list(values), buckets, hist.sum)
+        return h
+    m: CounterMetricFamily | GaugeMetricFamily
+    if spec.type == "counter":
+        m = CounterMetricFamily(_family_name(spec), spec.help, labels=labels)
+    else:
+        m = GaugeMetricFamily(spec.name, spec.help, labels=labels)
+    for values, value in family.samples:
+        m.add_metric(list(values), float(value))
+    return m
 
 
 def _escape_label_value(value: str) -> str:
@@ -207,42 +236,90 @@ def _float_text(d: float) -> str:
     return s
 
 
-class _SymbolFamily:
-    """A per-symbol family: as a ``Metric`` for the library's encoders, or rendered directly.
+def _header(spec: Spec, openmetrics: bool) -> str:
+    doc = spec.help.replace("\\", r"\\").replace("\n", r"\n")
+    if openmetrics:
+        doc = doc.replace('"', r"\"")
+        name = _family_name(spec)  # OpenMetrics types the family (no _total)
+    else:
+        name = spec.name  # text 0.0.4 types the counter's sample name
+    return f"# HELP {name} {doc}\n# TYPE {name} {spec.type}\n"
 
-    ``lines()`` yields the sample lines (labels already in the library's sorted order); ``metric()``
-    builds the same samples as a family object. Both read the same snapshot.
+
+class _Writer:
+    """Writes families' sample lines directly; the lines are the same in both formats.
+
+    Caches escaped label values and each histogram series' line prefixes, both bounded by the core's
+    series cap (plus the configured symbols and the few dependency series).
     """
 
-    __slots__ = ("lines", "metric", "spec")
+    __slots__ = ("_escaped", "_histogram_prefixes", "_prefix_templates")
 
-    def __init__(self, spec: Spec, metric: Callable[[], Metric], lines: Callable[[], Iterable[str]]) -> None:
-        self.spec = spec
-        self.metric = metric
-        self.lines = lines
+    def __init__(self) -> None:
+        self._escaped: dict[str, str] = {}
+        self._histogram_prefixes: dict[tuple[str, Labels], tuple[str, ...]] = {}
+        self._prefix_templates: dict[str, str] = {}
 
-    def render(self, openmetrics: bool) -> str:
-        spec = self.spec
-        doc = spec.help.replace("\\", r"\\").replace("\n", r"\n")
-        if openmetrics:
-            doc = doc.replace('"', r"\"")
-            name = _family_name(spec)  # OpenMetrics types the family (no _total)
-        else:
-            name = spec.name  # text 0.0.4 types the counter's sample name
-        return f"# HELP {name} {doc}\n# TYPE {name} {spec.type}\n" + "".join(self.lines())
+    def text(self, family: Family) -> str:
+        return _header(family.spec, openmetrics=False) + "".join(self._lines(family))
+
+    def openmetrics(self, family: Family) -> str:
+        return _header(family.spec, openmetrics=True) + "".join(self._lines(family))
+
+    def _lines(self, family: Family) -> list[str]:
+        out: list[str] = []
+        append = out.append
+        if isinstance(family, Values):
+            prefix = self._sample_prefix(family.spec)
+            escape = self._escape
+            for values, value in family.samples:
+                number = _count_text(value) if type(value) is int else _float_text(value)
+                append(f"{prefix.format(*map(escape, values))}{number}\n")
+            return out
+        prefixes = self._histogram_prefixes
+        for values, hist in family.samples:
+            key = (family.spec.name, values)
+            p = prefixes.get(key)
+            if p is None:
+                p = prefixes[key] = self._prefixes(family.spec, values, hist.bounds)
+            cumulative = 0
+            for prefix, n in zip(p, hist.counts, strict=False):
+                cumulative += n
+                append(prefix + (f"{cumulative}.0\n" if cumulative < 1_000_000 else _count_text(cumulative) + "\n"))
+            append(f"{p[-2]}{_count_text(cumulative)}\n{p[-1]}{_float_text(hist.sum)}\n")
+        return out
+
+    def _prefixes(self, spec: Spec, values: Labels, bounds: tuple[float, ...]) -> tuple[str, ...]:
+        """A histogram series' line prefixes: one per bucket (+Inf last), then _count and _sum."""
+        pairs = [f'{n}="{v}"' for n, v in sorted(zip(spec.labels, map(self._escape, values), strict=True))]
+        at = sum(n < "le" for n in spec.labels)  # where ``le`` sorts among the family's labels
+        head = "".join(f"{pair}," for pair in pairs[:at])
+        tail = "".join(f",{pair}" for pair in pairs[at:])
+        plain = "{" + ",".join(pairs) + "}" if pairs else ""
+        return (
+            *(f'{spec.name}_bucket{{{head}le="{le}"{tail}}} ' for le in _le_texts(bounds)),
+            f"{spec.name}_count{plain} ",
+            f"{spec.name}_sum{plain} ",
+        )
+
+    def _sample_prefix(self, spec: Spec) -> str:
+        """The family's ``name{label="{i}",...} `` as a format string over its label values (built once)."""
+        prefix = self._prefix_templates.get(spec.name)
+        if prefix is None:
+            # Label values go in as format arguments: the template's own braces are doubled.
+            order = sorted(range(len(spec.labels)), key=spec.labels.__getitem__)
+            labels = ",".join([f'{spec.labels[i]}="{{{i}}}"' for i in order])
+            prefix = self._prefix_templates[spec.name] = f"{spec.name}{{{{{labels}}}}} " if labels else f"{spec.name} "
+        return prefix
+
+    def _escape(self, value: str) -> str:
+        escaped = self._escaped.get(value)
+        if escaped is None:
+            escaped = self._escaped[value] = _escape_label_value(value)
+        return escaped
 
 
-class _OneFamily:
-    """A collector of one family, so the library's encoders can render it alone."""
-
-    __slots__ = ("family",)
-
-    def __init__(self, family: Metric) -> None:
-        self.family = family
-
-    def collect(self) -> Iterator[Metric]:
-        yield self.family
-
+QueueStats = Callable[[], tuple[int, int]]
 
 _EOF = "# EOF\n"
 
@@ -260,256 +337,88 @@ def _render_generic(collector: Any, openmetrics: bool) -> str:
 class CoreCollector(Collector):
     """Projects a ``Core`` onto the catalogue. ``queue_stats`` returns (frames waiting, frames dropped).
 
-    ``collect()`` serves the client library's encoders; ``render()`` writes the same exposition with the
-    per-symbol families rendered directly (the daemon's /metrics).
+    ``collect()`` serves the client library's encoders; ``render()`` writes the same exposition directly
+    (the daemon's /metrics). Both read the families ``_families`` defines.
     """
 
     def __init__(self, core: Core, queue_stats: QueueStats | None = None) -> None:
         self.core = core
         self.queue_stats = queue_stats
-        self._labels: dict[str, str] = {}  # symbol label -> escaped, bounded by the series cap + symbols
-        # symbol label -> the latency histogram's line prefixes (buckets..., count, sum), same bound
-        self._latency_prefixes: dict[str, tuple[str, ...]] = {}
+        self._writer = _Writer()
 
     def describe(self) -> Iterable[Metric]:
         # Describing is cheap here (no collect): registration stays O(1) and name clashes still show.
         for spec in CATALOGUE:
-            if spec.type == "counter":
-                yield CounterMetricFamily(_family_name(spec), spec.help, labels=list(spec.labels))
-            elif spec.type == "histogram":
-                yield HistogramMetricFamily(spec.name, spec.help, labels=list(spec.labels))
-            else:
-                yield GaugeMetricFamily(spec.name, spec.help, labels=list(spec.labels))
+            yield _metric(Histograms(spec, ()) if spec.type == "histogram" else Values(spec, ()))
 
     def collect(self) -> Iterator[Metric]:
-        for item in self._families():
-            yield item.metric() if isinstance(item, _SymbolFamily) else item
+        for family in self._families():
+            yield _metric(family)
 
     def render(self, openmetrics: bool = False) -> str:
         """Exactly what the library's text 0.0.4 (or OpenMetrics, without ``# EOF``) encoder renders for
         ``collect()``."""
-        parts = []
-        for item in self._families():
-            if isinstance(item, _SymbolFamily):
-                parts.append(item.render(openmetrics))
-            else:
-                parts.append(_render_generic(_OneFamily(item), openmetrics))
-        return "".join(parts)
+        write = self._writer.openmetrics if openmetrics else self._writer.text
+        return "".join([write(family) for family in self._families()])
 
-    def _label(self, value: str) -> str:
-        escaped = self._labels.get(value)
-        if escaped is None:
-            escaped = self._labels[value] = _escape_label_value(value)
-        return escaped
-
-    def _families(self) -> Iterator[Metric | _SymbolFamily]:
+    def _families(self) -> Iterator[Family]:
         core = self.core
+        health, counters, failover, ingest = core.health, core.counters, core.failover, core.ingest
         now = core.clock.monotonic()
-        label = self._label
-        all_series = (*core.series.values(), core.other)
+        all_series = (*counters.series.values(), counters.other)
 
-        f = _gauge("alpaca_connection_status")
-        for conn in CONN_STATES:
-            f.add_metric([conn], 1.0 if core.conn_state == conn else 0.0)
-        yield f
-        f = _gauge("alpaca_authentication_status")
-        f.add_metric([], 1.0 if core.authenticated else 0.0)
-        yield f
+        yield _values("alpaca_connection_status", [((c,), 1.0 if health.conn_state == c else 0.0) for c in CONN_STATES])
+        yield _values("alpaca_authentication_status", [((), 1.0 if health.authenticated else 0.0)])
+        received: list[tuple[Labels, float]] = [(("control", ""), counters.control_received)]
+        received += [((MESSAGE_TYPES[i], s.label), n) for s in all_series for i, n in enumerate(s.received) if n]
+        yield _values("alpaca_messages_received_total", received)
+        yield _values("alpaca_errors_total", [((kind,), n) for kind, n in counters.errors.items()])
+        latency = ((s.label, s.latency_histogram()) for s in all_series)
+        yield _histograms("alpaca_message_latency_seconds", [((sym,), h) for sym, h in latency if any(h.counts)])
+        yield _histograms("alpaca_streaming_processing_duration_ms", [((), counters.processing_ms)])
 
-        def received_metric() -> Metric:
-            c = _counter("alpaca_messages_received_total")
-            c.add_metric(["control", ""], float(core.control_received))
-            for series in all_series:
-                for i, n in enumerate(series.received):
-                    if n:
-                        c.add_metric([MESSAGE_TYPES[i], series.label], float(n))
-            return c
+        yield _values("datasource_router_state", [((failover.state.name,), float(failover.state.value))])
+        yield _values("datasource_router_failover_total", [((), failover.failovers)])
+        yield _histograms("datasource_router_recovery_time_seconds", [((), failover.recovery)])
+        yield _values("datasource_router_uptime_percent", [((), failover.uptime_percent(now))])
+        yield _values("alpaca_subscribed_symbols_count", [((), float(len(health.subscribed)))])
+        yield _values(
+            "datasource_router_validation_failures_total", [((reason,), n) for reason, n in counters.rejected.items()]
+        )
 
-        def received_lines() -> Iterator[str]:
-            name = "alpaca_messages_received_total"
-            yield f'{name}{{symbol="",type="control"}} {_count_text(core.control_received)}\n'
-            for series in all_series:
-                lab = label(series.label)
-                for i, n in enumerate(series.received):
-                    if n:
-                        yield f'{name}{{symbol="{lab}",type="{MESSAGE_TYPES[i]}"}} {_count_text(n)}\n'
+        # The per-symbol gauges, of symbols with their own series (past the label cap, gauges of many
+        # symbols cannot share one series).
+        states = [st for st in ingest.symbols.values() if st.series is not None]
+        deltas = ((st.symbol, ingest.price_delta_percent(st)) for st in states)
+        yield _values("datasource_router_price_delta_percent", [((sym,), d) for sym, d in deltas if d is not None])
+        trips = [((s.label, "price_movement_exceeded"), s.breaker_trips) for s in all_series if s.breaker_trips]
+        yield _values("datasource_router_circuit_breaker_total", trips)
+        durations = failover.durations(now)
+        yield _values("datasource_router_state_duration_seconds_total", [((s.name,), durations[s]) for s in State])
+        prices = [
+            ((st.symbol, src), p) for st in states for src in SOURCES if (p := st.last_price.get(src)) is not None
+        ]
+        yield _values("datasource_router_last_price", prices)
+        updates = [((st.symbol,), st.routed_wall) for st in states if st.routed_wall]
+        yield _values("datasource_router_last_update_timestamp_seconds", updates)
 
-        yield _SymbolFamily(SPECS["alpaca_messages_received_total"], received_metric, received_lines)
+        up = [((PRIMARY,), health.primary_healthy(now)), ((FALLBACK,), health.fallback_healthy(now))]
+        yield _values("dependency_up", [(labels, 1.0 if ok else 0.0) for labels, ok in up])
+        yield _histograms("dependency_latency_seconds", sorted(counters.dependency_latency.items()))
+        yield _values("alpaca_exporter_build_info", [((__version__, platform.python_version()), 1.0)])
 
-        c = _counter("alpaca_errors_total")
-        for kind, n in core.errors.items():
-            c.add_metric([kind], float(n))
-        yield c
-
-        def latency_metric() -> Metric:
-            h = _histogram("alpaca_message_latency_seconds")
-            for series in all_series:
-                hist = series.latency_histogram()
-                if any(hist.counts):
-                    _add_histogram(h, [series.label], hist)
-            return h
-
-        def latency_lines() -> list[str]:
-            out: list[str] = []
-            append = out.append
-            prefixes = self._latency_prefixes
-            for series in all_series:
-                hist = series.latency_histogram()
-                if not any(hist.counts):
-                    continue
-                p = prefixes.get(series.label)
-                if p is None:
-                    p = prefixes[series.label] = _latency_prefixes(label(series.label), hist.bounds)
-                cumulative = 0
-                for prefix, n in zip(p, hist.counts, strict=False):
-                    cumulative += n
-                    append(prefix + (f"{cumulative}.0\n" if cumulative < 1_000_000 else _count_text(cumulative) + "\n"))
-                count = f"{cumulative}.0" if cumulative < 1_000_000 else _count_text(cumulative)
-                append(f"{p[-2]}{count}\n{p[-1]}{_float_text(hist.sum)}\n")
-            return out
-
-        yield _SymbolFamily(SPECS["alpaca_message_latency_seconds"], latency_metric, latency_lines)
-        h = _histogram("alpaca_streaming_processing_duration_ms")
-        _add_histogram(h, [], core.processing_ms)
-        yield h
-
-        f = _gauge("datasource_router_state")
-        f.add_metric([core.state.name], float(core.state.value))
-        yield f
-        c = _counter("datasource_router_failover_total")
-        c.add_metric([], float(core.failovers))
-        yield c
-        h = _histogram("datasource_router_recovery_time_seconds")
-        _add_histogram(h, [], core.recovery)
-        yield h
-        f = _gauge("datasource_router_uptime_percent")
-        f.add_metric([], core.uptime_percent())
-        yield f
-        f = _gauge("alpaca_subscribed_symbols_count")
-        f.add_metric([], float(len(core.subscribed)))
-        yield f
-
-        c = _counter("datasource_router_validation_failures_total")
-        for reason, n in core.rejected.items():
-            c.add_metric([reason], float(n))
-        yield c
-
-        # The per-symbol gauges, read once: (symbol, price delta, [(source, last price)], last update).
-        rows: list[tuple[str, float | None, list[tuple[str, float]], float]] = []
-        for symbol, st in core.symbols.items():
-            if st.series is None:
-                continue  # past the label cap: gauges of many symbols cannot share one series
-            prices = [(source, p) for source in SOURCES if (p := st.last_price.get(source)) is not None]
-            rows.append((symbol, core.price_delta_percent(st), prices, st.routed_wall))
-
-        def delta_metric() -> Metric:
-            g = _gauge("datasource_router_price_delta_percent")
-            for symbol, d, _, _ in rows:
-                if d is not None:
-                    g.add_metric([symbol], d)
-            return g
-
-        def delta_lines() -> Iterator[str]:
-            name = "datasource_router_price_delta_percent"
-            for symbol, d, _, _ in rows:
-                if d is not None:
-                    yield f'{name}{{symbol="{label(symbol)}"}} {_float_text(d)}\n'
-
-        yield _SymbolFamily(SPECS["datasource_router_price_delta_percent"], delta_metric, delta_lines)
-
-        def breaker_metric() -> Metric:
-            c = _counter("datasource_router_circuit_breaker_total")
-            for series in all_series:
-                if series.breaker_trips:
-                    c.add_metric([series.label, "price_movement_exceeded"], float(series.breaker_trips))
-            return c
-
-        def breaker_lines() -> Iterator[str]:
-            name = "datasource_router_circuit_breaker_total"
-            for series in all_series:
-                if series.breaker_trips:
-                    yield (
-                        f'{name}{{reason="price_movement_exceeded",symbol="{label(series.label)}"}} '
-                        f"{_count_text(series.breaker_trips)}\n"
-                    )
-
-        yield _SymbolFamily(SPECS["datasource_router_circuit_breaker_total"], breaker_metric, breaker_lines)
-
-        c = _counter("datasource_router_state_duration_seconds_total")
-        for state, seconds in core.state_durations().items():
-            c.add_metric([state.name], seconds)
-        yield c
-
-        def last_metric() -> Metric:
-            g = _gauge("datasource_router_last_price")
-            for symbol, _, prices, _ in rows:
-                for source, p in prices:
-                    g.add_metric([symbol, source], p)
-            return g
-
-        def last_lines() -> Iterator[str]:
-            name = "datasource_router_last_price"
-            for symbol, _, prices, _ in rows:
-                for source, p in prices:
-                    yield f'{name}{{source="{source}",symbol="{label(symbol)}"}} {_float_text(p)}\n'
-
-        yield _SymbolFamily(SPECS["datasource_router_last_price"], last_metric, last_lines)
-
-        def updated_metric() -> Metric:
-            g = _gauge("datasource_router_last_update_timestamp_seconds")
-            for symbol, _, _, wall in rows:
-                if wall:
-                    g.add_metric([symbol], wall)
-            return g
-
-        def updated_lines() -> Iterator[str]:
-            name = "datasource_router_last_update_timestamp_seconds"
-            for symbol, _, _, wall in rows:
-                if wall:
-                    yield f'{name}{{symbol="{label(symbol)}"}} {_float_text(wall)}\n'
-
-        yield _SymbolFamily(SPECS["datasource_router_last_update_timestamp_seconds"], updated_metric, updated_lines)
-
-        f = _gauge("dependency_up")
-        f.add_metric([PRIMARY], 1.0 if core.primary_healthy(now) else 0.0)
-        f.add_metric([FALLBACK], 1.0 if core.fallback_healthy(now) else 0.0)
-        yield f
-        h = _histogram("dependency_latency_seconds")
-        for (dep, method), hist in sorted(core.dependency_latency.items()):
-            _add_histogram(h, [dep, method], hist)
-        yield h
-
-        f = _gauge("alpaca_exporter_build_info")
-        f.add_metric([__version__, platform.python_version()], 1.0)
-        yield f
-
-        c = _counter("yahoo_errors_total")
-        for kind, n in core.yahoo_errors.items():
-            c.add_metric([kind], float(n))
-        yield c
-        c = _counter("datasource_router_messages_total")
-        for source in SOURCES:
-            c.add_metric([source, "routed"], float(core.routed[source]))
-            c.add_metric([source, "standby"], float(core.standby[source]))
-            c.add_metric([source, "rejected"], float(core.rejected_by_source[source]))
-        yield c
+        yield _values("yahoo_errors_total", [((kind,), n) for kind, n in counters.yahoo_errors.items()])
+        outcomes = (
+            ("routed", counters.routed),
+            ("standby", counters.standby),
+            ("rejected", counters.rejected_by_source),
+        )
+        yield _values(
+            "datasource_router_messages_total", [((src, out), c[src]) for src in SOURCES for out, c in outcomes]
+        )
         depth, dropped = self.queue_stats() if self.queue_stats else (0, 0)
-        f = _gauge("alpaca_stream_queue_frames")
-        f.add_metric([], float(depth))
-        yield f
-        c = _counter("alpaca_stream_queue_dropped_frames_total")
-        c.add_metric([], float(dropped))
-        yield c
-
-
-def _latency_prefixes(label: str, bounds: tuple[float, ...]) -> tuple[str, ...]:
-    name = "alpaca_message_latency_seconds"
-    les = (*(floatToGoString(b) for b in bounds), "+Inf")
-    return (
-        *(f'{name}_bucket{{le="{le}",symbol="{label}"}} ' for le in les),
-        f'{name}_count{{symbol="{label}"}} ',
-        f'{name}_sum{{symbol="{label}"}} ',
-    )
+        yield _values("alpaca_stream_queue_frames", [((), float(depth))])
+        yield _values("alpaca_stream_queue_dropped_frames_total", [((), dropped)])
 
 
 class ExporterRegistry(CollectorRegistry):
@@ -544,19 +453,25 @@ class ExporterRegistry(CollectorRegistry):
         return "".join(parts).encode("utf-8")
 
 
-def render_metrics(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
-    """/metrics content negotiation: the library's ``choose_encoder``, with the fast renderer wherever it
-    renders the same bytes (text 0.0.4, and OpenMetrics 1.0.0, with the default name escaping)."""
+def negotiate(registry: CollectorRegistry, accept: str) -> tuple[Callable[[], bytes], str]:
+    """/metrics content negotiation: the library's ``choose_encoder``, with the direct renderer wherever it
+    renders the same bytes (text 0.0.4, and OpenMetrics 1.0.0, with the default name escaping).
+    Returns the renderer chosen and the content type."""
     encoder, content_type = choose_encoder(accept)
     if isinstance(registry, ExporterRegistry):
         if encoder is generate_latest:
-            return registry.render(openmetrics=False), content_type
+            return partial(registry.render, openmetrics=False), content_type
         if isinstance(encoder, partial) and encoder.keywords.get("escaping") == UNDERSCORES:
             if encoder.func is generate_openmetrics and encoder.keywords.get("version") == "1.0.0":
-                return registry.render(openmetrics=True), content_type
+                return partial(registry.render, openmetrics=True), content_type
             if encoder.func is generate_latest:
-                return registry.render(openmetrics=False), content_type
-    return encoder(registry), content_type
+                return partial(registry.render, openmetrics=False), content_type
+    return partial(encoder, registry), content_type
+
+
+def render_metrics(registry: CollectorRegistry, accept: str) -> tuple[bytes, str]:
+    render, content_type = negotiate(registry, accept)
+    return render(), content_type
 
 
 def build_registry(core: Core, queue_stats: QueueStats | None = None) -> ExporterRegistry:
@@ -575,5 +490,6 @@ __all__ = [
     "Spec",
     "State",
     "build_registry",
+    "negotiate",
     "render_metrics",
 ]

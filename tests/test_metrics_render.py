@@ -7,6 +7,8 @@ label cap, breaker trips, prices from both sources, empty and non-empty histogra
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -24,7 +26,7 @@ from exporter.core.events import (
 )
 from exporter.core.messages import Bar, Malformed, Quote, Trade, Unknown, utc_from_ns
 from exporter.core.router import Core, CoreConfig
-from exporter.metrics import CoreCollector, ExporterRegistry, build_registry, render_metrics
+from exporter.metrics import CoreCollector, ExporterRegistry, build_registry, negotiate, render_metrics
 
 # A configured symbol with characters to escape; the last two are past the default cap of four series.
 SYMBOLS = ("AAPL", 'ODD"\\\nSYM', "MSFT", "BRK.B", "SPY", "QQQ")
@@ -61,7 +63,7 @@ def busy_core(*, max_series: int = 4) -> tuple[Core, FakeClock]:
     # Counts past 1e6 render with Go's exponent form.
     core.series["AAPL"].received[0] += 12_345_678
     core.series["AAPL"].latency.counts[0] += 2_000_000
-    core.control_received = 7_654_321
+    core.counters.control_received = 7_654_321
     clock.advance(12.5)
     return core, clock
 
@@ -130,6 +132,12 @@ def test_empty_core_renders_identically() -> None:
 def test_daemon_negotiation_takes_the_fast_path_with_identical_output(accept: str, openmetrics: bool) -> None:
     core, _ = busy_core()
     registry = build_registry(core)
+    # The fast path is the registry's own renderer: its output is identical by design, so only the
+    # choice itself shows that it was taken.
+    render, _ = negotiate(registry, accept)
+    assert isinstance(render, partial)
+    assert render.func == registry.render
+    assert render.keywords == {"openmetrics": openmetrics}
     body, content_type = render_metrics(registry, accept)
     assert content_type.startswith("application/openmetrics-text") == openmetrics
     # The process collector's values move between two renders: compare everything else, line by line.
@@ -145,7 +153,11 @@ def test_daemon_negotiation_takes_the_fast_path_with_identical_output(accept: st
 def test_other_escaping_schemes_fall_back_to_the_library() -> None:
     core, _ = busy_core()
     registry = build_registry(core)
-    body, content_type = render_metrics(registry, "application/openmetrics-text; version=1.0.0; escaping=dots")
+    accept = "application/openmetrics-text; version=1.0.0; escaping=dots"
+    render, _ = negotiate(registry, accept)
+    assert isinstance(render, partial)
+    assert render.func != registry.render
+    body, content_type = render_metrics(registry, accept)
     assert "escaping=dots" in content_type
     assert body.decode().endswith("# EOF\n")
     assert "alpaca_messages_received_total" in body.decode() or "alpaca__messages" in body.decode()

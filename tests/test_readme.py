@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from exporter.core.router import mermaid_diagram
+from exporter.core.failover import mermaid_diagram
 from exporter.metrics import CATALOGUE
 from exporter.settings import Settings, env_name
 

@@ -79,7 +79,7 @@ def test_derived_latency_histogram_equals_a_plain_one(steps: list[tuple[str, str
         if core.routed["alpaca"] > before and kind not in ("bar", "malformed", "unknown"):
             assert isinstance(message, Trade | Quote | TradingStatus | Luld | Correction)
             latency = (utc_from_ns(wall_ns) - message.t).total_seconds()
-            label = core._count_series(symbol).label
+            label = core.ingest.count_series(symbol).label
             expected.setdefault(label, Histogram(LATENCY_BUCKETS)).observe(max(latency, 0.0))
         h.advance(0.01)
     for series in (*core.series.values(), core.other):
@@ -87,3 +87,13 @@ def test_derived_latency_histogram_equals_a_plain_one(steps: list[tuple[str, str
         want = expected.get(series.label, Histogram(LATENCY_BUCKETS))
         assert got.counts == want.counts, series.label
         assert got.sum == pytest.approx(want.sum, rel=1e-12, abs=1e-12), series.label
+
+
+def test_histogram_renders_cumulatively_with_the_inf_bucket_last() -> None:
+    hist = Histogram((1.0, 2.0))
+    for value in (0.5, 1.0, 1.5, 3.0, 3.0):  # a value on a bound falls in that bound's bucket (le)
+        hist.observe(value)
+    assert hist.counts == [2, 1, 2]
+    assert hist.cumulative() == [2, 3, 5]
+    assert hist.count == 5
+    assert hist.sum == pytest.approx(9.0)

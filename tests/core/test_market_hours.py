@@ -15,6 +15,7 @@ from exporter.core.market_hours import (
     nyse_holidays,
     overnight_session_open,
     regular_session_open,
+    session_opened_at,
 )
 
 NY = ZoneInfo("America/New_York")
@@ -213,3 +214,10 @@ def test_delayed_feed_shifts_the_session() -> None:
     assert not market_open("regular", ny(2026, 3, 10, 16, 15), delay_seconds=delay)
     # always/never ignore the delay.
     assert market_open("always", 0.0, delay_seconds=delay)
+
+
+def test_overnight_session_opened_the_evening_before_after_midnight() -> None:
+    # Tuesday night's session opened at 20:00 New York, both before and after midnight.
+    assert session_opened_at("overnight", ny(2026, 3, 10, 22, 0)) == ny(2026, 3, 10, 20, 0)
+    assert session_opened_at("overnight", ny(2026, 3, 11, 1, 30)) == ny(2026, 3, 10, 20, 0)
+    assert session_opened_at("overnight", ny(2026, 3, 11, 12, 0)) is None

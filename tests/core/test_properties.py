@@ -184,7 +184,7 @@ def test_router_invariants_hold_after_every_event(config: dict[str, Any], seq: l
             assert math.isclose(core.uptime_percent(), 100.0 * (1.0 - down / h.elapsed()), abs_tol=1e-6)
 
         # Failovers: each one observed its recovery time; start-up never counts.
-        assert core.failovers == core.recovery.count
+        assert core.failovers == core.failover.recovery.count
         assert core.failovers == sum(t.failover for t in h.transitions())
         # The label cap holds.
         assert len(core.series) <= h.core.config.max_symbol_series

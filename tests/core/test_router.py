@@ -19,15 +19,9 @@ from exporter.core.events import (
     PrimaryError,
     PrimarySubscribed,
 )
+from exporter.core.failover import TRANSITIONS, UPTIME_WINDOW_S, State, Transition, mermaid_diagram
+from exporter.core.health import PrimaryStale
 from exporter.core.messages import DailyBar, Malformed, TradingStatus, Unknown, UpdatedBar
-from exporter.core.router import (
-    TRANSITIONS,
-    UPTIME_WINDOW_S,
-    PrimaryStale,
-    State,
-    Transition,
-    mermaid_diagram,
-)
 from exporter.core.stats import OTHER_SYMBOL, PROCESSING_MS_BUCKETS, K
 from tests.core.conftest import SATURDAY_WALL_S, Harness, only_transition
 
@@ -120,7 +114,7 @@ def test_fallback_from_start_up_is_not_a_failover(h: Harness) -> None:
     assert (t.previous, t.new, t.reason) == (B, F, "fallback healthy")
     assert not t.failover
     assert h.core.failovers == 0
-    assert h.core.recovery.count == 0
+    assert h.core.failover.recovery.count == 0
 
 
 def test_fallback_health_lasts_three_poll_periods(h: Harness) -> None:
@@ -180,7 +174,7 @@ def test_primary_failure_with_healthy_fallback_is_a_failover(h: Harness) -> None
     assert t.recovery_seconds == 0.0
     assert t.seconds_in_previous == pytest.approx(12.0)
     assert h.core.failovers == 1
-    assert h.core.recovery.count == 1
+    assert h.core.failover.recovery.count == 1
 
 
 def test_failover_through_both_unavailable_counts_once_with_recovery_time(h: Harness) -> None:
@@ -198,9 +192,9 @@ def test_failover_through_both_unavailable_counts_once_with_recovery_time(h: Har
     assert t2.recovery_seconds == pytest.approx(7.0)
     assert h.core.failovers == 1
     # 7 s falls in the (5, 10] bucket of 1 5 10 20 30 60.
-    assert h.core.recovery.bounds == (1.0, 5.0, 10.0, 20.0, 30.0, 60.0)
-    assert h.core.recovery.counts == [0, 0, 1, 0, 0, 0, 0]
-    assert h.core.recovery.sum == pytest.approx(7.0)
+    assert h.core.failover.recovery.bounds == (1.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+    assert h.core.failover.recovery.counts == [0, 0, 1, 0, 0, 0, 0]
+    assert h.core.failover.recovery.sum == pytest.approx(7.0)
 
 
 def test_fallback_flapping_within_one_outage_is_one_failover(make: Callable[..., Harness]) -> None:
@@ -210,7 +204,7 @@ def test_fallback_flapping_within_one_outage_is_one_failover(make: Callable[...,
     h.fallback_ok(period_s=60.0)
     assert h.state is F
     assert h.core.failovers == 1
-    assert h.core.recovery.count == 1
+    assert h.core.failover.recovery.count == 1
 
 
 def test_each_outage_counts_its_own_failover(make: Callable[..., Harness]) -> None:
@@ -222,7 +216,7 @@ def test_each_outage_counts_its_own_failover(make: Callable[..., Harness]) -> No
     h.primary_down()
     assert h.state is F
     assert h.core.failovers == 2
-    assert h.core.recovery.count == 2
+    assert h.core.failover.recovery.count == 2
 
 
 def test_outage_recovered_by_primary_is_not_a_failover(h: Harness) -> None:
@@ -648,7 +642,7 @@ def test_latency_of_a_message_stamped_slightly_ahead_is_zero(h: Harness) -> None
 
 
 def test_processing_histogram_has_one_observation_per_message(h: Harness) -> None:
-    assert h.core.processing_ms.bounds == PROCESSING_MS_BUCKETS
+    assert h.core.counters.processing_ms.bounds == PROCESSING_MS_BUCKETS
     h.primary_up()
     h.frame(
         h.trade(),
@@ -658,7 +652,7 @@ def test_processing_histogram_has_one_observation_per_message(h: Harness) -> Non
         Malformed(T="t", S="AAPL", detail="missing p"),
         decode_seconds=0.005,
     )
-    hist = h.core.processing_ms
+    hist = h.core.counters.processing_ms
     assert hist.count == 5
     # 5 ms over 5 messages = 1 ms each, in the le=1 bucket.
     assert hist.sum == pytest.approx(5.0)
@@ -742,8 +736,8 @@ def test_dependency_latency_is_kept_per_dependency_and_method(h: Harness) -> Non
     h.send(DependencyLatency("alpaca", "handshake", 0.2))
     h.send(DependencyLatency("alpaca", "handshake", 0.3))
     h.send(DependencyLatency("yahoo", "poll", 0.05))
-    assert h.core.dependency_latency[("alpaca", "handshake")].count == 2
-    assert h.core.dependency_latency[("yahoo", "poll")].sum == pytest.approx(0.05)
+    assert h.core.counters.dependency_latency[("alpaca", "handshake")].count == 2
+    assert h.core.counters.dependency_latency[("yahoo", "poll")].sum == pytest.approx(0.05)
 
 
 def test_accounting_is_exact_over_a_mixed_session(h: Harness) -> None:
@@ -767,3 +761,59 @@ def test_fallback_poll_without_error_type_is_not_counted(h: Harness) -> None:
     h.send(FallbackPoll(ok=False, period_s=5.0))
     assert sum(h.core.yahoo_errors.values()) == 0
     assert h.state is B
+
+
+@pytest.mark.parametrize("metrics", [True, False])
+def test_metrics_off_keeps_every_outcome_and_skips_only_the_per_symbol_bookkeeping(
+    make: Callable[..., Harness], metrics: bool
+) -> None:
+    h = failed_over(make, metrics=metrics)
+    h.primary_up()  # healthy but not held: the primary's data is standby
+    standby = [h.trade(p=100.1), h.quote()]
+    rejected = [h.trade(p=-1.0), h.trade("ZZZ"), Unknown(T="zz", S="AAPL"), Malformed(T="t", S="AAPL", detail="no p")]
+    h.frame(*standby, *rejected)
+    h.tick(30.0)  # failback
+    assert h.state is P
+    h.frame(h.trade(p=100.2), h.quote(age_s=0.5), h.bar(c=100.3))
+    assert h.core.accounting()["alpaca"] == {"received": 9, "routed": 3, "standby": 2, "rejected": 4}
+    assert {k: v for k, v in h.core.rejected.items() if v} == {"invalid_price": 1, "unknown_symbol": 1, "malformed": 2}
+    assert h.core.symbols["AAPL"].routed_price == 100.3
+    # Only the bookkeeping behind alpaca_messages_received_total, latency and processing time is skipped.
+    counted = sum(sum(s.received) for s in (*h.core.series.values(), h.core.other))
+    assert counted == (9 if metrics else 0)
+    assert (h.core.series["AAPL"].latency_histogram().count == 2) is metrics
+    assert (h.core.counters.processing_ms.count == 9) is metrics
+
+
+def test_state_since_and_fallback_last_ok_are_monotonic_times(h: Harness) -> None:
+    assert h.core.state_since == h.start
+    assert h.core.fallback_last_ok is None
+    h.advance(3.0)
+    h.fallback_ok()  # BOTH_UNAVAILABLE -> FALLBACK_ACTIVE now
+    assert h.core.fallback_last_ok == h.start + 3.0
+    assert h.core.state_since == h.start + 3.0
+    h.advance(1.0)
+    h.fallback_ok()
+    assert h.core.fallback_last_ok == h.start + 4.0
+    assert h.core.state_since == h.start + 3.0
+
+
+def test_the_failover_reason_is_an_error_reported_within_the_last_second(h: Harness) -> None:
+    h.primary_up()
+    h.fallback_ok(period_s=60.0)
+    h.send(PrimaryError("auth_failed", "token revoked"))
+    t = only_transition(h.send(PrimaryAuthenticated(False)))
+    assert t.reason == "primary failed: auth_failed: token revoked"  # the error, not its symptom
+    h.primary_up()
+    h.tick(30.0)  # failback
+    h.send(PrimaryError("slow_client"))
+    h.advance(1.5)  # an older error no longer explains the outage: the symptom does
+    t = only_transition(h.send(PrimaryAuthenticated(False)))
+    assert t.reason == "primary failed: not authenticated"
+
+
+def test_an_empty_subscription_ack_is_the_failover_reason(h: Harness) -> None:
+    h.primary_up()
+    h.fallback_ok(period_s=60.0)
+    t = only_transition(h.send(PrimarySubscribed(frozenset())))
+    assert t.reason == "primary failed: not subscribed"

@@ -168,6 +168,16 @@ def test_check_quote_direct() -> None:
     now = utc_from_ns(10**18)
     assert check_quote(Quote(S="X", bp=1.0, ap=2.0, t=now), now, 1.0, 1.0) is None
     assert check_quote(Quote(S="X", bp=2.0, ap=1.0, t=now), now, 1.0, 1.0) == "crossed_quote"
+    assert check_quote(Quote(S="X", bp=0.0, ap=0.0, t=now), now, 1.0, 1.0) == "invalid_price"
+    assert check_quote(Quote(S="X", bp=1.0, ap=2.0, t=now, bs=-1), now, 1.0, 1.0) == "invalid_size"
+
+
+def test_check_trade_direct() -> None:
+    # The reference the hot path's inlined checks are held to (tests/core/test_hot_path.py).
+    now = utc_from_ns(10**18)
+    assert check_trade(Trade(S="X", p=1.0, t=now, s=1), now, 1.0, 1.0) is None
+    assert check_trade(Trade(S="X", p=0.0, t=now, s=1), now, 1.0, 1.0) == "invalid_price"
+    assert check_trade(Trade(S="X", p=1.0, t=now, s=-1), now, 1.0, 1.0) == "invalid_size"
 
 
 # ---- stale_timestamp and future_timestamp --------------------------------------------------------
