@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one test command (README quick start, .ci/run): set up, lint, type-check, run every test (the core's
-# under a 100 % branch-coverage gate), then the
-# fast part of the suite again against the lowest dependency versions pyproject.toml allows.
+# under a 100 % branch-coverage gate), then the suite's fast part again against the lowest dependency
+# versions pyproject.toml allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test-tools
