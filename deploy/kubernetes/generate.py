@@ -96,7 +96,7 @@ def dashboards_kustomization() -> str:
         "resources": resources,
     }
     comment = (
-        "# Grafana dashboards as ConfigMaps labelled grafana_dashboard: \"1\", which Grafana's dashboard\n"
+        '# Grafana dashboards as ConfigMaps labelled grafana_dashboard: "1", which Grafana\'s dashboard\n'
         "# sidecar picks up from any namespace it watches.\n"
     )
     return header(DASHBOARDS) + comment + dump(document)
@@ -114,11 +114,7 @@ def render() -> dict[Path, str]:
 def drifted() -> list[Path]:
     """Generated files missing or different from what render() writes now, and stale ones."""
     expected = render()
-    stale = [
-        path
-        for path in sorted(GRAFANA_DASHBOARDS.glob("dashboard-*.yaml"))
-        if path not in expected
-    ]
+    stale = [path for path in sorted(GRAFANA_DASHBOARDS.glob("dashboard-*.yaml")) if path not in expected]
     changed = [path for path, text in expected.items() if not path.is_file() or path.read_text() != text]
     return changed + stale
 
