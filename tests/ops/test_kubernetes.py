@@ -628,3 +628,13 @@ def test_docs_say_leader_election_is_not_there_yet() -> None:
     assert "kubectl apply -k deploy/kubernetes/overlays/demo" in readme
     assert "kubectl apply -k deploy/kubernetes/overlays/production" in readme
     assert "until then run one replica" in readme
+
+
+def test_capacity_figures_come_from_the_benchmark() -> None:
+    readme = (REPO / "README.md").read_text()
+    scaling = readme.split("\n## Scaling out\n", 1)[1].split("\n## ", 1)[0]
+    performance = (REPO / "docs" / "performance.md").read_text()
+    # The capacity table cites these figures of docs/performance.md; a new benchmark run changes both.
+    for figure in ("765,937", "693,470", "6.55", "61.45", "46.5", "44.2", "32.6 MB"):
+        assert figure in scaling, f"{figure} is not in the README's Scaling out section"
+        assert figure in performance, f"{figure} is no longer in docs/performance.md"
