@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test-tools
-.venv/bin/ruff check exporter exporter_tools tests
-.venv/bin/ruff format --check exporter exporter_tools tests
+.venv/bin/ruff check exporter exporter_tools deploy tests
+.venv/bin/ruff format --check exporter exporter_tools deploy tests
 .venv/bin/mypy
 # The coverage gate: the pure core's own tests reach every branch of exporter/core/.
 .venv/bin/python -m pytest -q tests/core --cov=exporter.core --cov-branch --cov-fail-under=100
