@@ -32,8 +32,10 @@ gap in uvicorn 0.30-0.55, not a preference):
   to the file-descriptor limit);
 - a bound on answers clients do not read: per connection one answer (uvicorn waits for the socket to
   drain before it writes the next) for at most 30 s, and in total ``unread_bytes_max``, the oldest
-  stalled connection cut first (uvicorn keeps an unread answer for as long as the socket stays open);
-- answers to the requests sent before a half-close (uvicorn closes at end of input).
+  stalled connection cut first (uvicorn keeps an unread answer for as long as the socket stays open).
+
+At end of input uvicorn closes the connection (a client that half-closes gets no answer): that is how
+a request whose client left is noticed, and its password check dropped.
 """
 
 from __future__ import annotations
@@ -248,7 +250,10 @@ class App:
         # Auth before routing: without credentials, an unknown path is a 401 too, so the page reveals
         # nothing about which paths exist.
         if self.auth is not None and request.path not in OPEN_PATHS:
-            allowed = await self._check(request.headers.get("authorization"), receive)
+            try:
+                allowed = await self._check(request.headers.get("authorization"), receive)
+            except AuthBusy:  # a flood of checks: say so rather than call good credentials wrong
+                return _text("503: too many password checks waiting\n", 503, headers={"Retry-After": "1"})
             if allowed is None:
                 return None
             if not allowed:
@@ -280,10 +285,7 @@ class App:
                 check.cancel()
         if not check.done() or check.cancelled():
             return None
-        try:
-            return check.result()
-        except AuthBusy:
-            return False
+        return check.result()
 
 
 def create_app(
@@ -479,7 +481,7 @@ class _Protocol(HttpToolsProtocol):
         self.host_seen = False
         self.status = 400  # of the refusal a parser callback raised
         self.refusal: int | None = None  # a refused request's status, answered once the ones before are
-        self.done_reading = self.eof = self.stopping = False
+        self.done_reading = self.stopping = False
         self.linger_budget = 0
 
     # -- connection ---------------------------------------------------------------------------------
@@ -500,12 +502,6 @@ class _Protocol(HttpToolsProtocol):
             self.running.disconnected = True  # uvicorn tells only the newest cycle
             self.running.message_event.set()
         super().connection_lost(exc)
-
-    def eof_received(self) -> bool | None:  # type: ignore[override]
-        self.eof = True
-        if self._answering() and not self.done_reading and self.scheme == "http":  # TLS cannot half-close
-            return True  # half-closed: answer what was asked, then close (on_response_complete)
-        return None  # the transport closes
 
     def cut(self) -> None:
         """Close at once, dropping what is buffered (the cap, the unread budget, the write timeout)."""
@@ -646,7 +642,7 @@ class _Protocol(HttpToolsProtocol):
                 self.server_state.total_requests += 1
                 self._answer_refusal()
                 return
-            if self.eof or self.stopping:
+            if self.stopping:
                 self.server_state.total_requests += 1
                 self.transport.close()
                 return

@@ -294,6 +294,11 @@ class BasicAuth:
         """Whether a request for ``path`` with this Authorization ``header`` may be served."""
         return path in self._open or await self.check(header)
 
+    @property
+    def pending(self) -> int:
+        """bcrypt checks queued or running."""
+        return self._pending
+
     def known(self, header: str | None) -> bool | None:
         """The verdict if it needs no bcrypt run (no or malformed credentials, a cached pair), else None."""
         credentials = _parse_basic(header)

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import gzip
 import logging
+import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -627,6 +629,7 @@ async def test_http10_is_answered_and_closed() -> None:
     ("data", "status"),
     [
         (b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", b"400"),  # two Host headers (RFC 9112 §3.2)
         (b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n", b"400"),
         (b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n", b"505"),
         (b"GET /healthz?" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", b"431"),  # a long target
@@ -674,15 +677,6 @@ async def test_chunked_body_is_read_and_expect_continue_is_answered() -> None:
         b"HTTP/1.1 405 Method Not Allowed",
         b"HTTP/1.1 200 OK",
     ]
-
-
-async def test_requests_before_a_half_close_are_answered() -> None:
-    async with serve() as (_, _, runner), raw_connection(xweb.bound_port(runner)) as (reader, writer):
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
-        writer.write_eof()
-        async with asyncio.timeout(5.0):
-            raw = await reader.read(-1)
-    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2
 
 
 async def test_slow_later_request_on_a_keep_alive_connection_is_408() -> None:
@@ -741,3 +735,142 @@ async def test_stop_lets_a_waiting_handler_answer_with_connection_close() -> Non
     assert b"connection: close" in raw.lower()
     assert raw.endswith(b"done\n")
     assert elapsed < 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardening: what an attacker of the running daemon found (file descriptors, unread answers, port).
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        async with asyncio.timeout(2.0):
+            return await reader.read(1024) == b""
+    except (ConnectionResetError, TimeoutError):
+        return False
+
+
+async def test_connection_cap_closes_the_oldest_idle_first_refuses_when_none_is_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="exporter.web")
+    app = xweb.create_app(render_metrics=lambda a: (b"up 1\n", "text/plain"), status=dict, ready=lambda: True)
+    runner = await xweb.start_server(app, "127.0.0.1", 0, max_connections=20)
+    port = xweb.bound_port(runner)
+    request = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(25):  # 20 idle keep-alive connections, then 5 more: each closes the longest idle
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            async with asyncio.timeout(5.0):
+                [(_, body)] = await read_responses(reader, 1)
+            assert body == b"ok\n"
+            conns.append((reader, writer))
+        assert runner.connection_count() == 20
+        for reader, _ in conns[:5]:
+            try:
+                async with asyncio.timeout(2.0):
+                    assert await reader.read(1024) == b""
+            except ConnectionResetError:
+                pass
+        for _reader, writer in conns[5:]:  # none is busy: every one still serves
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # ... and is left half-sent: busy
+        await asyncio.sleep(0.1)
+        for _ in range(10):  # none is idle now: new connections are refused, not the busy ones closed
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            try:
+                async with asyncio.timeout(2.0):
+                    assert await reader.read(1024) == b""
+            except ConnectionResetError:
+                pass
+            writer.close()
+        assert runner.connection_count() == 20
+        warnings = [r for r in caplog.records if "connection limit" in r.getMessage()]
+        assert len(warnings) == 1  # one line for the whole episode, not one per connection
+        for _, writer in conns:
+            writer.close()
+        await wait_until(lambda: runner.connection_count() == 0)
+        assert [r for r in caplog.records if "below the limit" in r.getMessage()]
+        async with client() as c:
+            assert (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+    finally:
+        for _, writer in conns:
+            writer.close()
+        await xweb.stop_server(runner)
+
+
+async def test_unread_answers_are_bounded_in_total() -> None:
+    big = b"x" * (8 << 20)
+    app = xweb.create_app(render_metrics=lambda a: (big, "text/plain"), status=dict, ready=lambda: True)
+    budget = 8 << 20  # the kernel takes up to 4 MiB of an 8 MiB answer: one or two fit, three never
+    runner = await xweb.start_server(app, "127.0.0.1", 0, unread_bytes_max=budget)
+    port = xweb.bound_port(runner)
+    loop = asyncio.get_running_loop()
+    writers = []
+    try:
+        for _ in range(4):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            _, writer = await asyncio.open_connection(sock=sock)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept-Encoding: identity\r\n\r\n")
+            writers.append(writer)
+        await wait_until(lambda: runner.connection_count() <= 2)  # the oldest stalled ones were cut
+        assert 0 < runner.unread_bytes() <= budget
+    finally:
+        for writer in writers:
+            writer.close()
+        await xweb.stop_server(runner)
+
+
+def test_open_files_limit_is_raised_and_leaves_room_for_upstream_sockets() -> None:
+    code = (
+        "import resource; from exporter import web; now = web.raise_open_files_limit(); "
+        "print(now, *resource.getrlimit(resource.RLIMIT_NOFILE), web.default_max_connections())"
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard == resource.RLIM_INFINITY or hard >= 1024, "this test needs a hard limit of 1024 or more"
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024))
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], preexec_fn=low_soft_limit, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    now, soft, hard_now, cap = map(int, out.stdout.split())
+    assert now == soft == hard_now == 1024
+    assert cap == 1024 - xweb.RESERVED_FILES
+
+
+def test_port_in_use_is_one_line_and_exit_2(tmp_path: Any) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "APCA_API_KEY_ID": "PKPORTTEST0000000001",
+            "APCA_API_SECRET_KEY": SECRET,
+            "EXPORTER_SYMBOLS": "AAPL",
+            "EXPORTER_HOST": "127.0.0.1",
+            "EXPORTER_PORT": str(port),
+            "EXPORTER_ALPACA_URL": "ws://127.0.0.1:1/v2/iex",
+            "EXPORTER_YAHOO_URL": "http://127.0.0.1:1",
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "exporter", "run"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"config error: EXPORTER_PORT: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert SECRET not in out.stdout + out.stderr
