@@ -495,6 +495,9 @@ class _Protocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.forget(self)
+        # uvicorn cancels its keep-alive timer only on a clean close: after a reset the timer would hold
+        # the connection's objects for the whole keep-alive timeout.
+        self._unset_keepalive_if_required()
         for timer in (self.deadline, self.write_timer, self.linger_timer):
             if timer is not None:
                 timer.cancel()
@@ -616,6 +619,8 @@ class _Protocol(HttpToolsProtocol):
             self._fail(505)
         super().on_headers_complete()
         self.in_body = True
+        if not self.pipeline or self.pipeline[0][0] is not self.cycle:
+            self.running = self.cycle  # started at once, not queued behind another
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
@@ -632,10 +637,6 @@ class _Protocol(HttpToolsProtocol):
 
     # -- answering ----------------------------------------------------------------------------------
 
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        self.running = cycle
-        super()._start_asgi_task(cycle, app)
-
     def on_response_complete(self) -> None:
         if not self.pipeline and not self.transport.is_closing():
             if self.refusal is not None:
@@ -646,7 +647,10 @@ class _Protocol(HttpToolsProtocol):
                 self.server_state.total_requests += 1
                 self.transport.close()
                 return
+        queued = self.pipeline[-1][0] if self.pipeline else None
         super().on_response_complete()
+        if queued is not None and (not self.pipeline or self.pipeline[-1][0] is not queued):
+            self.running = queued  # uvicorn started the next pipelined request
         if not self.pipeline and not self.in_message and not self.transport.is_closing():
             self.guard.idle[self] = None  # idle again, now the most recently used
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
 import logging
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -874,3 +877,23 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Any) -> None:
         f"config error: EXPORTER_PORT: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
     assert SECRET not in out.stdout + out.stderr
+
+
+async def test_a_reset_connection_is_freed_at_once() -> None:
+    # uvicorn cancels its keep-alive timer only on a clean close; after a reset the timer would keep the
+    # connection's objects for the whole keep-alive timeout (75 s).
+    async with serve() as (_, _, runner):
+        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        async with asyncio.timeout(5.0):
+            await read_responses(reader, 1)  # now idle, its keep-alive timer armed
+        [connection] = runner.guard.open
+        freed = weakref.ref(connection)
+        del connection
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # closes with a reset
+        await wait_until(lambda: runner.connection_count() == 0)
+        await asyncio.sleep(0)
+        gc.collect()
+        assert freed() is None
