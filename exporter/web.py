@@ -456,6 +456,39 @@ class _Guard:
         return sum(c.unread_bytes() for c in self.stalled)
 
 
+class _OneWrite:
+    """The transport as uvicorn's request cycle sees it: an answer's head waits for its body, so the two go
+    out in one send(2) instead of two (each crosses the network stack; on loopback they were half the
+    CPU a small request cost). A head alone (HEAD) goes when the answer is complete."""
+
+    __slots__ = ("head", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        if self.head:
+            data, self.head = self.head + data, b""
+            self.transport.write(data)
+        elif data.startswith(b"HTTP/1.1 "):
+            self.head = data
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.head:
+            data, self.head = self.head, b""
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+
 class _Protocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with the limits it lacks (see the module doc)."""
 
@@ -473,6 +506,7 @@ class _Protocol(HttpToolsProtocol):
         self.guard = guard
         self.header_timeout = header_timeout
         self.deadline: asyncio.TimerHandle | None = None  # for the request under way to be complete
+        self.started = 0.0  # loop time of the current request's first byte
         self.write_timer: asyncio.TimerHandle | None = None
         self.linger_timer: asyncio.TimerHandle | None = None
         self.running: RequestResponseCycle | None = None  # the cycle whose answer is being produced
@@ -483,11 +517,13 @@ class _Protocol(HttpToolsProtocol):
         self.refusal: int | None = None  # a refused request's status, answered once the ones before are
         self.done_reading = self.stopping = False
         self.linger_budget = 0
+        self.one_write: _OneWrite | None = None
 
     # -- connection ---------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.one_write = _OneWrite(transport)
         if not self.guard.admit(self):
             transport.abort()
             return
@@ -572,6 +608,10 @@ class _Protocol(HttpToolsProtocol):
                 self.partial += len(data)  # the whole slice is part of one unfinished head
                 if self.partial > _MAX_HEADER_BYTES:
                     self._refuse(431)
+            if self.in_message and self.deadline is None:
+                # A request left incomplete: it must be complete within header_timeout of its first byte.
+                # (Armed only now: a request that arrives whole, the usual case, costs no timer.)
+                self.deadline = self.loop.call_at(self.started + self.header_timeout, self._timed_out)
 
     def _fail(self, status: int) -> None:
         self.status = status
@@ -585,8 +625,7 @@ class _Protocol(HttpToolsProtocol):
         self.host_seen = False
         self.status = 400
         self.guard.idle.pop(self, None)
-        if self.deadline is None:  # a later request: complete within header_timeout of its first byte
-            self.deadline = self.loop.call_later(self.header_timeout, self._timed_out)
+        self.started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         self.head_bytes += len(url)
@@ -618,6 +657,7 @@ class _Protocol(HttpToolsProtocol):
         elif version != "1.0":
             self._fail(505)
         super().on_headers_complete()
+        self.cycle.transport = self.one_write  # type: ignore[assignment]
         self.in_body = True
         if not self.pipeline or self.pipeline[0][0] is not self.cycle:
             self.running = self.cycle  # started at once, not queued behind another
@@ -638,6 +678,8 @@ class _Protocol(HttpToolsProtocol):
     # -- answering ----------------------------------------------------------------------------------
 
     def on_response_complete(self) -> None:
+        assert self.one_write is not None
+        self.one_write.flush()
         if not self.pipeline and not self.transport.is_closing():
             if self.refusal is not None:
                 self.server_state.total_requests += 1
@@ -678,6 +720,8 @@ class _Protocol(HttpToolsProtocol):
             self._answer_refusal()
 
     def _answer_refusal(self) -> None:
+        assert self.one_write is not None
+        self.one_write.flush()
         status = self.refusal or 400
         body = f"{status}: {HTTPStatus(status).phrase}\n".encode()
         head = [STATUS_LINE[status]]
