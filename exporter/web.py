@@ -544,6 +544,7 @@ class _Protocol(HttpToolsProtocol):
 
     def cut(self) -> None:
         """Close at once, dropping what is buffered (the cap, the unread budget, the write timeout)."""
+        self.guard.open.discard(self)  # counted out now, not when the loop reports the loss
         self.guard.idle.pop(self, None)
         self.guard.stalled.pop(self, None)
         self.transport.abort()
