@@ -721,6 +721,7 @@ class _Protocol(HttpToolsProtocol):
             cycle.message_event.set()
         self.in_message = self.in_head = self.in_body = False
         self.refusal = status
+        self.linger_budget = _LINGER_BYTES
         self.flow.resume_reading()  # drain what comes while the refusal waits
         if not self._answering():
             self._answer_refusal()
@@ -739,7 +740,6 @@ class _Protocol(HttpToolsProtocol):
         # answer before the client reads it. Half-close, then discard what still comes, briefly.
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.linger_budget = _LINGER_BYTES
         self.linger_timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     def _timed_out(self) -> None:

@@ -664,6 +664,22 @@ async def test_a_refused_request_is_answered_after_the_ones_before_it() -> None:
     assert raw.endswith(b"400: Bad Request\n")
 
 
+async def test_input_after_a_refused_request_does_not_cost_the_answers_before_it() -> None:
+    async def slow(request: xweb.Request) -> xweb.Response:
+        await asyncio.sleep(0.2)
+        return xweb.Response(body=b"slow\n")
+
+    async with serve() as (_, app, runner), raw_connection(xweb.bound_port(runner)) as (reader, writer):
+        app.routes["/slow"] = slow
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nthis is not HTTP\r\n\r\n")
+        await asyncio.sleep(0.05)  # the refusal waits for /slow's answer; meanwhile more input comes
+        writer.write(b"more input the server discards\r\n")
+        async with asyncio.timeout(5.0):
+            raw = await reader.read(-1)
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert raw.endswith(b"400: Bad Request\n")
+
+
 async def test_chunked_body_is_read_and_expect_continue_is_answered() -> None:
     async with serve() as (_, _, runner), raw_connection(xweb.bound_port(runner)) as (reader, writer):
         # No endpoint takes a body, so the final answer comes at once instead of 100 Continue (RFC 9110
