@@ -33,7 +33,10 @@ gap in uvicorn, checked in 0.53 to 0.55, not a preference; 0.53 is the first tha
   to the file-descriptor limit);
 - a bound on answers clients do not read: per connection one answer (uvicorn waits for the socket to
   drain before it writes the next) for at most 30 s, and in total ``unread_bytes_max``, the oldest
-  stalled connection cut first (uvicorn keeps an unread answer for as long as the socket stays open).
+  stalled connection cut first (uvicorn keeps an unread answer for as long as the socket stays open);
+- at most ``_MAX_PIPELINED`` pipelined requests parsed ahead of their answers per connection (uvicorn
+  parses all it reads and reads again after each answer, so a fast pipelining client grows its queue
+  without bound).
 
 It also writes an answer's head and body in one send(2) (uvicorn makes two, and on loopback each cost
 as much as the rest of a small request) and cancels uvicorn's keep-alive timer when a connection is
@@ -105,6 +108,8 @@ _MAX_BODY_BYTES = 64 * 1024  # no endpoint reads a body; a larger one is a 413
 _WRITE_TIMEOUT = 30.0  # a client that does not read its response
 _LINGER_SECONDS = 1.0  # after a refusal, how long (and how much) unread input is drained
 _LINGER_BYTES = 1024 * 1024
+_MAX_PIPELINED = 32  # requests parsed ahead of their answers on one connection; reading stops there
+_FEED_SLICE = 4096  # input is parsed this much at a time, so parsing can stop at _MAX_PIPELINED
 
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json; charset=utf-8"
@@ -523,6 +528,7 @@ class _Protocol(HttpToolsProtocol):
         self.done_reading = self.stopping = False
         self.linger_budget = 0
         self.one_write: _OneWrite | None = None
+        self.unparsed = b""  # input held back while _MAX_PIPELINED requests wait for their answers
 
     # -- connection ---------------------------------------------------------------------------------
 
@@ -602,6 +608,25 @@ class _Protocol(HttpToolsProtocol):
                 self.transport.close()
             return
         self._unset_keepalive_if_required()
+        self.unparsed = self.unparsed + data if self.unparsed else data
+        self._parse()
+
+    def _parse(self) -> None:
+        """Parse what came, but stop (and stop reading) with ``_MAX_PIPELINED`` requests waiting for answers:
+        uvicorn parses all it reads and reads again after each answer, so a client that pipelines faster
+        than it is answered would grow the queue without bound (1.6 GB from one connection in a test)."""
+        while self.unparsed and not self.done_reading:
+            if len(self.pipeline) >= _MAX_PIPELINED:
+                self.flow.pause_reading()
+                return
+            data = self.unparsed
+            if len(data) > _FEED_SLICE:
+                data, self.unparsed = data[:_FEED_SLICE], data[_FEED_SLICE:]
+            else:
+                self.unparsed = b""
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
         was_in_head, messages = self.in_head, self.messages
         try:
             self.parser.feed_data(data)
@@ -699,6 +724,8 @@ class _Protocol(HttpToolsProtocol):
         super().on_response_complete()
         if queued is not None and (not self.pipeline or self.pipeline[-1][0] is not queued):
             self.running = queued  # uvicorn started the next pipelined request
+        if self.unparsed:
+            self._parse()  # requests held back by _MAX_PIPELINED
         if not self.pipeline and not self.in_message and not self.transport.is_closing():
             self.guard.idle[self] = None  # idle again, now the most recently used
 
@@ -721,6 +748,7 @@ class _Protocol(HttpToolsProtocol):
             cycle.message_event.set()
         self.in_message = self.in_head = self.in_body = False
         self.refusal = status
+        self.unparsed = b""
         self.linger_budget = _LINGER_BYTES
         self.flow.resume_reading()  # drain what comes while the refusal waits
         if not self._answering():
