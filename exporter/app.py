@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import time
 from collections import deque
@@ -28,10 +29,10 @@ from exporter.core.events import Event, PrimaryData, Tick
 from exporter.core.router import BreakerTripped, Core, CoreConfig, PrimaryStale, State, Transition
 from exporter.logs import add_secrets, configure_logging, install_excepthook
 from exporter.metrics import build_registry, render_metrics
-from exporter.settings import Settings
+from exporter.settings import ConfigError, Settings
 from exporter.sources.alpaca.client import AlpacaClient, AlpacaClientConfig
 from exporter.sources.yahoo import YahooPoller, YahooPollerConfig
-from exporter.web import bound_port, create_app, start_server, stop_server
+from exporter.web import bound_port, create_app, raise_open_files_limit, start_server, stop_server
 from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter.router")
@@ -290,7 +291,13 @@ class Daemon:
             web_config=self.web_config,
             metrics_cache_seconds=METRICS_CACHE_SECONDS,
         )
-        runner = await start_server(web_app, self.settings.host, self.settings.port)
+        open_files = raise_open_files_limit()  # before start_server: its connection cap follows the limit
+        try:
+            runner = await start_server(web_app, self.settings.host, self.settings.port)
+        except OSError as exc:  # port in use, no such address: the operator's to fix, not a crash
+            where = f"{self.settings.host}:{self.settings.port}"
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError([f"EXPORTER_PORT: cannot listen on {where}: {reason}"]) from None
         self.port = bound_port(runner)
         scheme = "https" if self.web_config is not None and self.web_config.tls is not None else "http"
         asyncio.get_running_loop().set_exception_handler(_loop_exception)
@@ -300,7 +307,7 @@ class Daemon:
             scheme,
             self.settings.host,
             self.port,
-            extra={"event": "started", "host": self.settings.host, "port": self.port},
+            extra={"event": "started", "host": self.settings.host, "port": self.port, "open_files_limit": open_files},
         )
         tasks: list[asyncio.Task[None]] = []
         try:

@@ -1,4 +1,4 @@
-"""HTTP endpoints: /metrics, /healthz, /readyz, /status and a landing page, on httptools over asyncio.
+"""HTTP endpoints: /metrics, /healthz, /readyz, /status and a landing page, served by uvicorn.
 
 The application knows nothing of the router or the registry: the daemon hands it callables.
 
@@ -17,15 +17,33 @@ The application knows nothing of the router or the registry: the daemon hands it
   text (``logs.redact``), so a secret can reach the page neither as a field nor inside a message.
 - Access logging is off: a scrape never writes a log line.
 
-The server is ``httptools`` (bindings to llhttp, the C parser of aiohttp and uvicorn) driven by an
-``asyncio.Protocol``, not aiohttp: the daemon needs five GET endpoints, and aiohttp alone added
-~10 MiB to its resident memory. It replaced a pure-Python parser (h11 over asyncio streams) that cost
-~3x aiohttp's CPU per request, which an HTTP flood took from ingestion on the same loop: parsing is in
-C, each response is one write, and the read deadlines share one lazily moved timer per connection.
-It keeps connections alive
-(pipelined requests answered in order), answers HEAD like GET without the body, 405 for other
-methods, bounds request headers and bodies, and closes a connection that sends no complete request
-within ``header_timeout`` (a slow client) or idles past ``keepalive_timeout`` between requests.
+The application is a plain ASGI callable served by uvicorn's httptools protocol (llhttp, in C) on the
+daemon's own loop: uvicorn keeps the HTTP/1.1 framing, keep-alive, pipelining, HEAD, Expect and the
+idle keep-alive timeout. ``_Protocol`` subclasses it for the promises uvicorn does not keep (each is a
+gap in uvicorn, checked in 0.53 to 0.55, not a preference; 0.53 is the first that says
+``Connection: close`` on an answer it ends the connection after):
+
+- a deadline to send a complete request (uvicorn waits forever for a silent or trickling client);
+- 431 for a request head over 16 KiB and 413 for a body over 64 KiB (its httptools protocol has no
+  limit on either), 400 for HTTP/1.1 without ``Host`` or with two (RFC 9112 §3.2), 505 for other
+  versions, 400 for upgrades; refusals are answered after the pipelined answers before them and the
+  input is drained briefly before closing, so the client reads the answer instead of a reset;
+- a cap on open connections, closing the oldest idle one first and refusing only when none is idle
+  (uvicorn's ``limit_concurrency`` answers 503 *after* reading a request, so idle sockets still pile up
+  to the file-descriptor limit);
+- a bound on answers clients do not read: per connection one answer (uvicorn waits for the socket to
+  drain before it writes the next) for at most 30 s, and in total ``unread_bytes_max``, the oldest
+  stalled connection cut first (uvicorn keeps an unread answer for as long as the socket stays open);
+- at most ``_MAX_PIPELINED`` pipelined requests parsed ahead of their answers per connection (uvicorn
+  parses all it reads and reads again after each answer, so a fast pipelining client grows its queue
+  without bound).
+
+It also writes an answer's head and body in one send(2) (uvicorn makes two, and on loopback each cost
+as much as the rest of a small request) and cancels uvicorn's keep-alive timer when a connection is
+reset (uvicorn cancels it only on a clean close, so a reset connection's objects lived 75 s more).
+
+At end of input uvicorn closes the connection (a client that half-closes gets no answer): that is how
+a request whose client left is noticed, and its password check dropped.
 """
 
 from __future__ import annotations
@@ -36,22 +54,23 @@ import gzip
 import html
 import json
 import logging
+import resource
 import ssl
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import httptools
+import uvicorn
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from exporter import logs
-from exporter.webconfig import CHALLENGE, BasicAuth, WebConfig
+from exporter.heartbeat import Heartbeat
+from exporter.webconfig import CHALLENGE, AuthBusy, BasicAuth, WebConfig
 
 __all__ = [
     "App",
@@ -63,6 +82,7 @@ __all__ = [
     "create_app",
     "default_render_metrics",
     "heartbeat_of",
+    "raise_open_files_limit",
     "start_server",
     "stop_server",
 ]
@@ -80,11 +100,16 @@ _GZIP_LEVEL = 1
 # Server limits. The defaults suit a scraper on a keep-alive connection (Prometheus reuses it across scrapes).
 HEADER_TIMEOUT = 10.0  # seconds to send a complete request (slowloris guard)
 KEEPALIVE_TIMEOUT = 75.0  # seconds idle between requests before the server closes (aiohttp's default)
+MAX_CONNECTIONS = 4096  # open client connections at most (fewer when the file limit is low)
+RESERVED_FILES = 256  # file descriptors kept for everything else: upstream sockets, logs, DNS
+UNREAD_BYTES_MAX = 32 * 1024 * 1024  # answers buffered for clients that do not read, all connections together
 _MAX_HEADER_BYTES = 16 * 1024  # request line + headers; larger is a 431
 _MAX_BODY_BYTES = 64 * 1024  # no endpoint reads a body; a larger one is a 413
 _WRITE_TIMEOUT = 30.0  # a client that does not read its response
-_LINGER_SECONDS = 1.0  # after an error answer, how long (and how much) unread input is drained
+_LINGER_SECONDS = 1.0  # after a refusal, how long (and how much) unread input is drained
 _LINGER_BYTES = 1024 * 1024
+_MAX_PIPELINED = 32  # requests parsed ahead of their answers on one connection; reading stops there
+_FEED_SLICE = 4096  # input is parsed this much at a time, so parsing can stop at _MAX_PIPELINED
 
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json; charset=utf-8"
@@ -118,27 +143,26 @@ def _accepts_gzip(header: str) -> bool:
     return False
 
 
-class Heartbeat:
-    """A monotonic stamp refreshed by a task on the event loop; its age says whether the loop turns."""
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one (Python leaves it as it found it, often 1024).
 
-    def __init__(self, interval: float = 0.5, timeout: float = 5.0) -> None:
-        self.interval = interval
-        self.timeout = timeout
-        self.last = time.monotonic()
+    Returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # a hard limit of "infinity" that the kernel caps lower: keep the soft one
+        return soft
+    return hard
 
-    def beat(self) -> None:
-        self.last = time.monotonic()
 
-    def age(self) -> float:
-        return time.monotonic() - self.last
-
-    def fresh(self) -> bool:
-        return self.age() <= self.timeout
-
-    async def run(self) -> None:
-        while True:
-            self.beat()
-            await asyncio.sleep(self.interval)
+def default_max_connections() -> int:
+    """The connection cap: ``MAX_CONNECTIONS``, or what the open-files limit leaves after ``RESERVED_FILES``."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft - RESERVED_FILES))
 
 
 _LANDING = """<!DOCTYPE html>
@@ -182,10 +206,17 @@ def _text(
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+Send = Callable[[Mapping[str, Any]], Awaitable[None]]
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class App:
-    """The routes (GET, and HEAD like GET), basic auth and the heartbeat; ``start_server`` serves it."""
+    """The routes (GET, and HEAD like GET), basic auth and the heartbeat, as an ASGI application."""
 
     def __init__(
         self,
@@ -199,17 +230,72 @@ class App:
         users = web_config.basic_auth_users if web_config is not None else {}
         self.auth = BasicAuth(users, OPEN_PATHS) if users else None
 
-    async def respond(self, request: Request) -> Response:
-        # Auth before routing, as the aiohttp middleware did: without credentials, an unknown path is a
-        # 401 too, so the page reveals nothing about which paths exist.
-        if self.auth is not None and not await self.auth.allows(request.path, request.headers.get("authorization")):
-            return _text("401: Unauthorized\n", 401, headers={"WWW-Authenticate": CHALLENGE})
+    async def __call__(self, scope: Mapping[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope["headers"]:
+            name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        request = Request(scope["method"], scope["path"], headers)
+        try:
+            response = await self.respond(request, receive)
+        except asyncio.CancelledError:
+            # Only stop_server cancels a request, after cutting its connection: nobody waits for an answer,
+            # and uvicorn would log the cancellation as an application error.
+            return
+        except Exception:
+            # Handlers catch their own failures; this guards the connection against one that does not.
+            log.exception("HTTP handler failed", extra={"path": request.path})
+            response = _text("500: Internal Server Error\n", 500)
+        if response is None:
+            return  # the client left while its credentials were checked
+        fields = [(b"content-type", response.content_type.encode("latin-1"))]
+        fields.append((b"content-length", str(len(response.body)).encode("ascii")))  # for HEAD: what GET sends
+        fields += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+        await send({"type": "http.response.start", "status": response.status, "headers": fields})
+        await send({"type": "http.response.body", "body": response.body})  # uvicorn drops it for HEAD
+
+    async def respond(self, request: Request, receive: Receive | None = None) -> Response | None:
+        # Auth before routing: without credentials, an unknown path is a 401 too, so the page reveals
+        # nothing about which paths exist.
+        if self.auth is not None and request.path not in OPEN_PATHS:
+            try:
+                allowed = await self._check(request.headers.get("authorization"), receive)
+            except AuthBusy:  # a flood of checks: say so rather than call good credentials wrong
+                return _text("503: too many password checks waiting\n", 503, headers={"Retry-After": "1"})
+            if allowed is None:
+                return None
+            if not allowed:
+                return _text("401: Unauthorized\n", 401, headers={"WWW-Authenticate": CHALLENGE})
         handler = self.routes.get(request.path)
         if handler is None:
             return _text("404: Not Found\n", 404)
         if request.method not in ("GET", "HEAD"):
             return _text("405: Method Not Allowed\n", 405, headers={"Allow": "GET, HEAD"})
         return await handler(request)
+
+    async def _check(self, header: str | None, receive: Receive | None) -> bool | None:
+        """Whether the credentials are good; None when the client left before a bcrypt check could end."""
+        assert self.auth is not None
+        known = self.auth.known(header)
+        if known is not None:
+            return known
+        check = asyncio.ensure_future(self.auth.check(header))
+        if receive is None:
+            return await check
+        # A client gone while its check waits for the pool must not cost a bcrypt run (a wrong-password
+        # flood that hangs up would otherwise queue thousands of them).
+        gone = asyncio.ensure_future(_until_disconnected(receive))
+        try:
+            await asyncio.wait((check, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not check.done():
+                check.cancel()
+        if not check.done() or check.cancelled():
+            return None
+        return check.result()
 
 
 def create_app(
@@ -310,425 +396,390 @@ def heartbeat_of(app: App) -> Heartbeat:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The server: httptools (llhttp) parses HTTP/1.1, an asyncio.Protocol per connection does the rest.
-
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-_DATE: list[Any] = [0, ""]  # (second, formatted): one formatdate per second, not per response
-
-# A connection's read deadline is for a request to complete (_HEADER) or for the next one to start (_IDLE).
-_HEADER = 1
-_IDLE = 2
-_MAX_QUEUED = 32  # pipelined requests waiting for an answer before the connection stops reading
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The server: uvicorn's httptools protocol, and what it lacks (see the module doc).
 
 
-def _http_date() -> str:
-    now = int(time.time())
-    if _DATE[0] != now:
-        _DATE[0], _DATE[1] = now, formatdate(now, usegmt=True)
-    return str(_DATE[1])
+class _Refused(Exception):
+    """Raised in a parser callback to stop parsing; the request is answered with ``_Protocol.status``."""
 
 
-def _encode(response: Response, *, head: bool, connection: str | None) -> bytes:
-    """The whole response as one bytes object (one write, so one send(2) for a small response)."""
-    body = response.body
-    parts = [
-        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}\r\n"
-        f"Content-Type: {response.content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n"  # for HEAD too: what GET would send
-        f"Date: {_http_date()}\r\n"
-    ]
-    for name, value in response.headers.items():
-        parts.append(f"{name}: {value}\r\n")
-    if connection is not None and "Connection" not in response.headers:
-        parts.append(f"Connection: {connection}\r\n")
-    parts.append("\r\n")
-    text = "".join(parts)
-    lines = len(parts) + 3  # the first part holds four lines
-    if text.count("\n") != lines or text.count("\r") != lines:
-        raise ValueError("a response header contains CR or LF")  # it would split the response
-    data = text.encode("latin-1")
-    return data + body if body and not head else data
+class _Guard:
+    """What all connections share: the connection cap (oldest idle closed first) and the unread-answer budget."""
+
+    def __init__(self, max_connections: int, unread_bytes_max: int) -> None:
+        self.max_connections = max_connections
+        self.unread_bytes_max = unread_bytes_max
+        self.open: set[_Protocol] = set()
+        self.idle: dict[_Protocol, None] = {}  # insertion order: the longest idle first
+        self.stalled: dict[_Protocol, None] = {}  # write-paused connections, the oldest stall first
+        self.at_limit = False  # an episode of closed or refused connections is under way
+        self.emptied: asyncio.Event | None = None  # set when the last connection is gone (at stop)
+        self.evicted = self.refused = 0
+
+    def admit(self, connection: _Protocol) -> bool:
+        if len(self.open) >= self.max_connections:
+            self._limit_reached()
+            oldest = next(iter(self.idle), None)
+            if oldest is None:
+                self.refused += 1
+                return False
+            self.evicted += 1
+            oldest.cut()
+        self.open.add(connection)
+        self.idle[connection] = None
+        return True
+
+    def _limit_reached(self) -> None:
+        if not self.at_limit:
+            self.at_limit = True
+            log.warning(
+                "HTTP connection limit reached: closing the oldest idle connections, refusing new ones while none is",
+                extra={"max_connections": self.max_connections},
+            )
+
+    def forget(self, connection: _Protocol) -> None:
+        self.open.discard(connection)
+        self.idle.pop(connection, None)
+        self.stalled.pop(connection, None)
+        if not self.open and self.emptied is not None:
+            self.emptied.set()
+        if self.at_limit and len(self.open) <= self.max_connections * 9 // 10:
+            log.info(
+                "HTTP connections below the limit again",
+                extra={"closed_idle": self.evicted, "refused": self.refused, "connections": len(self.open)},
+            )
+            self.at_limit = False
+            self.evicted = self.refused = 0
+
+    def stall(self, connection: _Protocol) -> None:
+        """``connection`` holds an answer its client does not read: keep the total of such answers bounded."""
+        self.stalled[connection] = None
+        total = sum(c.unread_bytes() for c in self.stalled)
+        while total > self.unread_bytes_max and self.stalled:
+            oldest = next(iter(self.stalled))
+            total -= oldest.unread_bytes()
+            self.stalled.pop(oldest)
+            log.debug("HTTP connection ended: unread answers over the budget")
+            oldest.cut()
+
+    def unread_bytes(self) -> int:
+        return sum(c.unread_bytes() for c in self.stalled)
 
 
-class _Reject(Exception):
-    """Raised in a parser callback to stop parsing and answer the request with ``status``."""
+class _OneWrite:
+    """The transport as uvicorn's request cycle sees it: an answer's head waits for its body, so the two go
+    out in one send(2) instead of two (each crosses the network stack; on loopback they were half the
+    CPU a small request cost). A head alone (HEAD) goes when the answer is complete."""
 
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
+    __slots__ = ("head", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        if self.head:
+            data, self.head = self.head + data, b""
+            self.transport.write(data)
+        elif data.startswith(b"HTTP/1.1 "):
+            self.head = data
+        else:
+            self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.head:
+            data, self.head = self.head, b""
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
 
 
-class _Connection(asyncio.Protocol):
-    """One client connection: parse with httptools, answer in order, keep the deadlines."""
+class _Protocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the limits it lacks (see the module doc)."""
 
-    __slots__ = (
-        "body_bytes",
-        "current",
-        "deadline",
-        "deadline_kind",
-        "done_reading",
-        "eof",
-        "head_bytes",
-        "headers",
-        "http11",
-        "in_head",
-        "in_message",
-        "linger_budget",
-        "linger_timer",
-        "loop",
-        "messages",
-        "parser",
-        "partial",
-        "queue",
-        "reading_paused",
-        "reject",
-        "server",
-        "shut",
-        "task",
-        "timer",
-        "transport",
-        "url",
-        "write_paused",
-        "write_timer",
-    )
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        # Parsed requests not answered yet, in order: (request, Connection header to send) or a status
-        # to reject with (after which the connection closes).
-        self.queue: deque[tuple[Request, str | None] | int] = deque()
-        self.task: asyncio.Task[Response] | None = None  # a handler that suspended
-        self.current: tuple[Request, str | None] | None = None  # the request that task answers
-        # The request being parsed.
-        self.url = b""
-        self.headers: dict[str, str] = {}
-        self.head_bytes = 0  # request line + headers, counted in the callbacks
-        self.partial = 0  # bytes of a head that is still incomplete, counted in data_received
-        self.body_bytes = 0
-        self.http11 = True
-        self.in_message = False  # some bytes of a request came, and it is not complete
-        self.in_head = False  # ... and its headers are not complete either
-        self.messages = 0
-        self.reject = 400  # the status a parser error is answered with
-        # One timer for the read deadline, moved lazily: a deadline further away than the timer's only
-        # updates ``deadline`` (the timer re-arms itself when it fires early), so a keep-alive request
-        # usually costs no timer handle at all.
-        self.timer: asyncio.TimerHandle | None = None
-        self.deadline: float | None = None
-        self.deadline_kind = _HEADER
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: Any,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        guard: _Guard,
+        header_timeout: float,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.guard = guard
+        self.header_timeout = header_timeout
+        self.deadline: asyncio.TimerHandle | None = None  # for the request under way to be complete
+        self.started = 0.0  # loop time of the current request's first byte
         self.write_timer: asyncio.TimerHandle | None = None
         self.linger_timer: asyncio.TimerHandle | None = None
-        self.linger_budget = -1  # >= 0 while discarding input after an error answer
-        self.done_reading = False  # no further request will be parsed
-        self.shut = False  # no further response will be written
-        self.eof = False
-        self.reading_paused = False
-        self.write_paused = False
+        self.running: RequestResponseCycle | None = None  # the cycle whose answer is being produced
+        self.in_message = self.in_head = self.in_body = False
+        self.messages = self.head_bytes = self.partial = self.body_bytes = 0
+        self.host_seen = False
+        self.status = 400  # of the refusal a parser callback raised
+        self.refusal: int | None = None  # a refused request's status, answered once the ones before are
+        self.done_reading = self.stopping = False
+        self.linger_budget = 0
+        self.one_write: _OneWrite | None = None
+        self.unparsed = b""  # input held back while _MAX_PIPELINED requests wait for their answers
 
-    # -- transport events ------------------------------------------------------------------------
+    # -- connection ---------------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self.server._connections.add(self)
-        if self.server._closing:
-            self._close()
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.one_write = _OneWrite(transport)
+        if not self.guard.admit(self):
+            transport.abort()
             return
-        # The first request must be complete within header_timeout of the connection.
-        self._arm(self.server.header_timeout, _HEADER)
+        self.deadline = self.loop.call_later(self.header_timeout, self._timed_out)  # silent since connecting
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self.timer, self.write_timer, self.linger_timer):
+        self.guard.forget(self)
+        # uvicorn cancels its keep-alive timer only on a clean close: after a reset the timer would hold
+        # the connection's objects for the whole keep-alive timeout.
+        self._unset_keepalive_if_required()
+        for timer in (self.deadline, self.write_timer, self.linger_timer):
             if timer is not None:
                 timer.cancel()
-        self.timer = self.write_timer = self.linger_timer = None
-        self.shut = self.done_reading = True
-        self.queue.clear()
-        if self.task is not None:
-            self.task.cancel()
-        if exc is not None:
-            # A client that goes away or stops reading: its problem, not worth a line at INFO.
-            log.debug("HTTP connection ended: %s: %s", type(exc).__name__, exc)
-        self.server._connection_lost(self)
+        if self.running is not None and not self.running.response_complete and self.running is not self.cycle:
+            self.running.disconnected = True  # uvicorn tells only the newest cycle
+            self.running.message_event.set()
+        super().connection_lost(exc)
+
+    def cut(self) -> None:
+        """Close at once, dropping what is buffered (the cap, the unread budget, the write timeout)."""
+        self.guard.open.discard(self)  # counted out now, not when the loop reports the loss
+        self.guard.idle.pop(self, None)
+        self.guard.stalled.pop(self, None)
+        self.transport.abort()
+
+    def unread_bytes(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    def shutdown(self) -> None:
+        """The server stops: close now if idle, else after the answer under way (Connection: close)."""
+        self.stopping = True
+        self.pipeline.clear()
+        if self._answering():
+            assert self.running is not None
+            self.running.keep_alive = False
+        else:
+            self.transport.close()
+
+    def _answering(self) -> bool:
+        running = self.running
+        return bool(self.pipeline) or (
+            running is not None and not running.response_complete and not running.disconnected
+        )
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self.write_timer = self.loop.call_later(_WRITE_TIMEOUT, self._write_timed_out)
+        self.guard.stall(self)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self.guard.stalled.pop(self, None)
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self.write_timer = None
+        log.debug("HTTP connection ended: the client did not read its response")
+        self.cut()
+
+    # -- parsing ------------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self.done_reading:
-            if self.linger_budget >= 0:
-                self.linger_budget -= len(data)
-                if self.linger_budget < 0:
-                    self._close()
+            # After a refusal: discard input briefly, so closing does not reset the answer away.
+            self.linger_budget -= len(data)
+            if self.linger_budget < 0:
+                self.transport.close()
             return
-        try:
-            if len(data) <= _MAX_HEADER_BYTES:
-                self._feed(data)
+        self._unset_keepalive_if_required()
+        self.unparsed = self.unparsed + data if self.unparsed else data
+        self._parse()
+
+    def _parse(self) -> None:
+        """Parse what came, but stop (and stop reading) with ``_MAX_PIPELINED`` requests waiting for answers:
+        uvicorn parses all it reads and reads again after each answer, so a client that pipelines faster
+        than it is answered would grow the queue without bound (1.6 GB from one connection in a test)."""
+        while self.unparsed and not self.done_reading:
+            if len(self.pipeline) >= _MAX_PIPELINED:
+                self.flow.pause_reading()
+                return
+            data = self.unparsed
+            if len(data) > _FEED_SLICE:
+                data, self.unparsed = data[:_FEED_SLICE], data[_FEED_SLICE:]
             else:
-                # In slices, so that a head that never ends is caught after a few of them (httptools
-                # buffers an incomplete header line itself, and llhttp sets no limit).
-                view = memoryview(data)
-                for start in range(0, len(data), _MAX_HEADER_BYTES):
-                    self._feed(view[start : start + _MAX_HEADER_BYTES])
-                    if self.done_reading:
-                        break
-            self._process()
-        except Exception:
-            log.exception("HTTP connection failed")
-            self._abort()
+                self.unparsed = b""
+            self._feed(data)
 
-    def eof_received(self) -> bool:
-        self.eof = True
-        if self.linger_budget >= 0 or self.in_message:
-            return False  # close
-        # Requests that came before the half-close are still answered (not over TLS, which cannot
-        # half-close).
-        busy = bool(self.queue) or self.task is not None
-        return busy and self.transport is not None and self.transport.get_extra_info("sslcontext") is None
+    def _feed(self, data: bytes) -> None:
+        was_in_head, messages = self.in_head, self.messages
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400)
+        except httptools.HttpParserError:
+            self._refuse(self.status)
+        else:
+            if self.in_head and was_in_head and self.messages == messages:
+                self.partial += len(data)  # the whole slice is part of one unfinished head
+                if self.partial > _MAX_HEADER_BYTES:
+                    self._refuse(431)
+            if self.in_message and self.deadline is None:
+                # A request left incomplete: it must be complete within header_timeout of its first byte.
+                # (Armed only now: a request that arrives whole, the usual case, costs no timer.)
+                self.deadline = self.loop.call_at(self.started + self.header_timeout, self._timed_out)
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-        if self.write_timer is None:
-            # A client that does not read its response must not hold the connection forever.
-            self.write_timer = self.loop.call_later(_WRITE_TIMEOUT, self._write_timed_out)
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.write_timer is not None and not self.shut:
-            self.write_timer.cancel()
-            self.write_timer = None
-        self._process()
-
-    # -- httptools callbacks -------------------------------------------------------------------------
+    def _fail(self, status: int) -> None:
+        self.status = status
+        raise _Refused(status)
 
     def on_message_begin(self) -> None:
+        super().on_message_begin()
         self.in_message = self.in_head = True
         self.messages += 1
-        self.url = b""
-        self.headers = {}
         self.head_bytes = self.partial = self.body_bytes = 0
-        if self.deadline is None or self.deadline_kind != _HEADER:
-            # A later request must be complete within header_timeout of its first byte.
-            self._arm(self.server.header_timeout, _HEADER)
+        self.host_seen = False
+        self.status = 400
+        self.guard.idle.pop(self, None)
+        self.started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
-        self.url += url
         self.head_bytes += len(url)
         if self.head_bytes > _MAX_HEADER_BYTES:
             self._fail(431)
+        super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
         if self.head_bytes > _MAX_HEADER_BYTES:
             self._fail(431)
-        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-        headers = self.headers
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        lower = name.lower()
+        if lower == b"host":
+            if self.host_seen:
+                self._fail(400)  # RFC 9112 §3.2: more than one Host is a 400
+            self.host_seen = True
+        elif lower == b"content-length" and value.strip().isdigit() and int(value) > _MAX_BODY_BYTES:
+            self._fail(413)  # do not wait for a body that will be refused
+        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        parser = self.parser
-        if parser.should_upgrade():
+        if self.parser.should_upgrade():
             self._fail(400)  # no endpoint speaks another protocol (nor answers CONNECT)
-        version = parser.get_http_version()
-        self.http11 = version == "1.1"
-        headers = self.headers
-        if self.http11:
-            if "host" not in headers:
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            if not self.host_seen:
                 self._fail(400)
         elif version != "1.0":
             self._fail(505)
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > _MAX_BODY_BYTES:
-            self._fail(413)  # do not wait for a body that will be refused
-        if (
-            self.http11
-            and headers.get("expect", "").lower() == "100-continue"
-            and not self.queue
-            and self.task is None
-            and self.transport is not None
-        ):
-            self.transport.write(_CONTINUE)
+        super().on_headers_complete()
+        self.cycle.transport = self.one_write  # type: ignore[assignment]
+        self.in_body = True
+        if not self.pipeline or self.pipeline[0][0] is not self.cycle:
+            self.running = self.cycle  # started at once, not queued behind another
 
     def on_body(self, body: bytes) -> None:
         self.body_bytes += len(body)
         if self.body_bytes > _MAX_BODY_BYTES:  # no endpoint takes a body; do not buffer one
             self._fail(413)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self.in_message = False
-        self.deadline = None
-        target = self.url.decode("latin-1")
-        # origin-form (/metrics?x) is what clients send; absolute-form (http://host/metrics) is legal too.
-        path = target.partition("?")[0] if target.startswith("/") else urlsplit(target).path
-        request = Request(self.parser.get_method().decode("ascii", "replace"), unquote(path), self.headers)
-        if not self.parser.should_keep_alive():
-            connection: str | None = "close"  # Connection: close, or HTTP/1.0 without keep-alive
-            self.done_reading = True
-        else:
-            connection = None if self.http11 else "keep-alive"
-        self.queue.append((request, connection))
-        if len(self.queue) >= _MAX_QUEUED and not self.reading_paused and self.transport is not None:
-            self.reading_paused = True
-            self.transport.pause_reading()
+        self.in_message = self.in_body = False
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        super().on_message_complete()
 
-    # -- the work --------------------------------------------------------------------------------
+    # -- answering ----------------------------------------------------------------------------------
 
-    def _feed(self, data: bytes | memoryview) -> None:
-        was_in_head, messages = self.in_head, self.messages
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._queue_reject(400)
-        except httptools.HttpParserError:
-            self._queue_reject(self.reject)  # after a request that closes the connection, ignored
-        else:
-            if self.in_head and was_in_head and self.messages == messages:
-                # The whole slice was part of one incomplete head.
-                self.partial += len(data)
-                if self.partial > _MAX_HEADER_BYTES:
-                    self._queue_reject(431)
+    def on_response_complete(self) -> None:
+        assert self.one_write is not None
+        self.one_write.flush()
+        if not self.pipeline and not self.transport.is_closing():
+            if self.refusal is not None:
+                self.server_state.total_requests += 1
+                self._answer_refusal()
+                return
+            if self.stopping:
+                self.server_state.total_requests += 1
+                self.transport.close()
+                return
+        queued = self.pipeline[-1][0] if self.pipeline else None
+        super().on_response_complete()
+        if queued is not None and (not self.pipeline or self.pipeline[-1][0] is not queued):
+            self.running = queued  # uvicorn started the next pipelined request
+        if self.unparsed:
+            self._parse()  # requests held back by _MAX_PIPELINED
+        if not self.pipeline and not self.in_message and not self.transport.is_closing():
+            self.guard.idle[self] = None  # idle again, now the most recently used
 
-    def _fail(self, status: int) -> None:
-        self.reject = status
-        raise _Reject(status)
-
-    def _queue_reject(self, status: int) -> None:
+    def _refuse(self, status: int) -> None:
+        """Refuse the request being read; the answers to the ones before it go first."""
         if self.done_reading:
             return
         self.done_reading = True
-        self.in_message = False
-        self.deadline = None
-        self.queue.append(status)
+        self._unset_keepalive_if_required()
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        if self.in_body and self.cycle is not None and not self.cycle.response_started:
+            # Refused in its body (too large, too slow): the request got a cycle, which must not answer too.
+            cycle = self.cycle
+            for item in list(self.pipeline):
+                if item[0] is cycle:
+                    self.pipeline.remove(item)
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.in_message = self.in_head = self.in_body = False
+        self.refusal = status
+        self.unparsed = b""
+        self.linger_budget = _LINGER_BYTES
+        self.flow.resume_reading()  # drain what comes while the refusal waits
+        if not self._answering():
+            self._answer_refusal()
 
-    def _process(self) -> None:
-        """Start answering the next queued request (one at a time, in order), or arm the idle deadline."""
-        queue = self.queue
-        if queue and self.task is None and not self.write_paused and not self.shut:
-            item = queue.popleft()
-            if self.reading_paused and len(queue) < _MAX_QUEUED // 2 and self.transport is not None:
-                self.reading_paused = False
-                self.transport.resume_reading()
-            if isinstance(item, int):
-                self._reject(item)
-                return
-            # One task per request, one request at a time per connection: pipelined answers stay in order.
-            self.current = item
-            self.task = self.loop.create_task(self.server._dispatch(item[0]))
-            self.task.add_done_callback(self._handled)
-            return
-        if not queue and self.task is None and not self.shut:
-            if self.eof:
-                self._close()  # the client half-closed and everything it asked is answered
-            elif not self.in_message and self.deadline is None:
-                self._arm(self.server.keepalive_timeout, _IDLE)
-
-    def _handled(self, task: asyncio.Task[Response]) -> None:
-        self.task = None
-        item, self.current = self.current, None
-        if task.cancelled() or self.shut or item is None:
-            return
-        exc = task.exception()
-        if exc is not None:
-            log.error("HTTP connection failed", exc_info=exc)
-            self._abort()
-            return
-        try:
-            self._respond(item, task.result())
-            self._process()
-        except Exception:
-            log.exception("HTTP connection failed")
-            self._abort()
-
-    def _respond(self, item: tuple[Request, str | None], response: Response) -> None:
-        assert self.transport is not None
-        request, connection = item
-        if self.server._closing:
-            response.headers["Connection"] = "close"
-            connection = "close"
-        head = request.method == "HEAD"
-        try:
-            data = _encode(response, head=head, connection=connection)
-        except ValueError:
-            log.exception("HTTP handler gave an invalid response", extra={"path": request.path})
-            data = _encode(_text("500: Internal Server Error\n", 500), head=head, connection=connection)
-        self.transport.write(data)
-        if connection == "close":
-            self.done_reading = True
-            self._close()
-
-    def _reject(self, status: int) -> None:
-        """Answer a request that will not be served (bad, too large, too slow); the connection then closes."""
-        assert self.transport is not None
-        self.shut = self.done_reading = True
-        self.deadline = None
-        phrase = HTTPStatus(status).phrase
-        response = _text(f"{status}: {phrase}\n", status, headers={"Connection": "close"})
-        self.transport.write(_encode(response, head=False, connection="close"))
+    def _answer_refusal(self) -> None:
+        assert self.one_write is not None
+        self.one_write.flush()
+        status = self.refusal or 400
+        body = f"{status}: {HTTPStatus(status).phrase}\n".encode()
+        head = [STATUS_LINE[status]]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head.append(b"content-type: text/plain; charset=utf-8\r\nconnection: close\r\n")
+        head.append(b"content-length: %d\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
         # Lingering close: closing with unread input makes the kernel send a reset, which can destroy the
         # answer before the client reads it. Half-close, then discard what still comes, briefly.
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.linger_budget = _LINGER_BYTES
-        self.linger_timer = self.loop.call_later(_LINGER_SECONDS, self._close)
-        if self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    def _arm(self, seconds: float, kind: int) -> None:
-        deadline = self.loop.time() + seconds
-        self.deadline, self.deadline_kind = deadline, kind
-        timer = self.timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self.timer = self.loop.call_at(deadline, self._timed_out)
+        self.linger_timer = self.loop.call_later(_LINGER_SECONDS, self.transport.close)
 
     def _timed_out(self) -> None:
-        self.timer = None
-        deadline = self.deadline
-        if deadline is None or self.shut:
-            return
-        if deadline > self.loop.time() + 0.001:  # moved on since the timer was set
-            self.timer = self.loop.call_at(deadline, self._timed_out)
-            return
         self.deadline = None
-        if self.deadline_kind == _HEADER and self.in_message:
-            self._queue_reject(408)  # some of a request came, not all of it in time
-            self._process()
-        elif not self.queue and self.task is None:
-            self._close()  # silent since connecting, or idle between requests: closed without a word
-
-    def _write_timed_out(self) -> None:
-        self.write_timer = None
-        log.debug("HTTP connection ended: the client did not read its response")
-        self._abort()
-
-    def _close(self) -> None:
-        self.shut = self.done_reading = True
-        if self.transport is None:
-            return
-        self.transport.close()
-        if self.transport.get_write_buffer_size() and self.write_timer is None:
-            # close() waits for the buffer to drain; a client that does not read must not hold it.
-            self.write_timer = self.loop.call_later(_WRITE_TIMEOUT, self._write_timed_out)
-
-    def _abort(self) -> None:
-        self.shut = self.done_reading = True
-        if self.task is not None:
-            self.task.cancel()
-        if self.transport is not None:
-            self.transport.abort()
-
-    def shutdown(self) -> None:
-        """The server stops: close now if idle, else after the answer in progress (Connection: close)."""
-        if self.task is None and not self.write_paused:
-            self._close()
+        if self.in_message:
+            self._refuse(408)  # some of a request came, not all of it in time
+        elif not self._answering():
+            self.transport.close()  # silent since connecting: closed without a word
 
 
 class Server:
-    """A listening socket and its connections (what aiohttp called the runner)."""
+    """A listening socket and its connections, served by uvicorn."""
 
     def __init__(
         self,
@@ -738,71 +789,92 @@ class Server:
         shutdown_timeout: float,
         header_timeout: float,
         keepalive_timeout: float,
+        max_connections: int,
+        unread_bytes_max: int,
     ) -> None:
         self.app = app
         self.ssl_context = ssl_context
         self.shutdown_timeout = shutdown_timeout
         self.header_timeout = header_timeout
-        self.keepalive_timeout = keepalive_timeout
+        self.config = uvicorn.Config(
+            app,
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            interface="asgi3",
+            access_log=False,
+            log_config=None,  # the daemon configures logging; uvicorn's default config would replace it
+            log_level=logging.WARNING,
+            server_header=False,
+            proxy_headers=False,
+            timeout_keep_alive=keepalive_timeout,  # type: ignore[arg-type]  # a float serves (call_later)
+        )
+        self.config.load()
+        self.uvicorn = uvicorn.Server(self.config)
+        self.guard = _Guard(max_connections, unread_bytes_max)
         self._server: asyncio.Server | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._connections: set[_Connection] = set()
-        self._all_closed: asyncio.Future[None] | None = None  # set when the last connection is gone
-        self._closing = False
 
     @property
     def sockets(self) -> tuple[Any, ...]:
         return tuple(self._server.sockets) if self._server is not None else ()
 
+    def connection_count(self) -> int:
+        return len(self.guard.open)
+
+    def unread_bytes(self) -> int:
+        """Bytes of answers buffered for clients that do not read them."""
+        return self.guard.unread_bytes()
+
     async def start(self, host: str | None, port: int) -> None:
         loop = asyncio.get_running_loop()
+        state, guard, timeout = self.uvicorn.server_state, self.guard, self.header_timeout
+
+        def connection() -> _Protocol:
+            return _Protocol(self.config, state, {}, loop, guard=guard, header_timeout=timeout)
+
+        # uvicorn.Server.startup would exit the process on a port in use, and gives TLS handshakes 60 s.
         self._server = await loop.create_server(
-            lambda: _Connection(self),
+            connection,
             host,
             port,
             ssl=self.ssl_context,
+            backlog=self.config.backlog,
             # A client that stalls the TLS handshake is a slow client too.
             ssl_handshake_timeout=self.header_timeout if self.ssl_context is not None else None,
         )
+        self.uvicorn.servers = [self._server]
+        self._ticker = asyncio.create_task(self.uvicorn.main_loop(), name="web-date-header")
         self.app.heartbeat.beat()
         self._heartbeat = asyncio.create_task(self.app.heartbeat.run(), name="web-heartbeat")
 
     async def close(self) -> None:
         """Stop listening, close idle connections, give busy ones ``shutdown_timeout``, then cut them."""
-        self._closing = True
         if self._server is not None:
             self._server.close()
-        if self._connections:
-            self._all_closed = asyncio.get_running_loop().create_future()
-            for connection in list(self._connections):
-                connection.shutdown()
-            if self._connections:
-                await asyncio.wait([self._all_closed], timeout=self.shutdown_timeout)
-            if self._connections:
-                waiters: list[asyncio.Future[Any]] = [self._all_closed]
-                waiters += [c.task for c in self._connections if c.task is not None]
-                for connection in list(self._connections):
-                    connection._abort()
-                await asyncio.wait(waiters, timeout=1.0)
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        connections: set[Any] = self.uvicorn.server_state.connections
+        for connection in list(connections):
+            connection.shutdown()
+        if self.guard.open:
+            self.guard.emptied = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.guard.emptied.wait(), self.shutdown_timeout)
+        for connection in list(connections):
+            connection.transport.abort()
+        requests = self.uvicorn.server_state.tasks
+        for request in requests:
+            request.cancel()
+        if requests:
+            await asyncio.wait(list(requests), timeout=1.0)
+        self.uvicorn.should_exit = True
+        for task in [self._ticker, self._heartbeat]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._server is not None:
             await self._server.wait_closed()
-
-    def _connection_lost(self, connection: _Connection) -> None:
-        self._connections.discard(connection)
-        if not self._connections and self._all_closed is not None and not self._all_closed.done():
-            self._all_closed.set_result(None)
-
-    async def _dispatch(self, request: Request) -> Response:
-        try:
-            return await self.app.respond(request)
-        except Exception:
-            # Handlers catch their own failures; this guards the connection against one that does not.
-            log.exception("HTTP handler failed", extra={"path": request.path})
-            return _text("500: Internal Server Error\n", 500)
 
 
 async def start_server(
@@ -814,13 +886,16 @@ async def start_server(
     shutdown_timeout: float = 2.0,
     header_timeout: float = HEADER_TIMEOUT,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    max_connections: int | None = None,
+    unread_bytes_max: int = UNREAD_BYTES_MAX,
 ) -> Server:
     """Serve ``app`` on host:port (port 0 = any free port; read it with ``bound_port``).
 
     Without an explicit ``ssl_context``, the TLS settings of the app's ``web_config`` apply, so an
     app built with a TLS config can never be served in clear text by omission. A connection gets
     ``header_timeout`` seconds to send a complete request, and is closed after ``keepalive_timeout``
-    seconds idle between requests.
+    seconds idle between requests. At most ``max_connections`` are open (default: from the open-files
+    limit, see ``default_max_connections``).
     """
     if ssl_context is None and app.web_config is not None:
         ssl_context = app.web_config.ssl_context()
@@ -830,6 +905,8 @@ async def start_server(
         shutdown_timeout=shutdown_timeout,
         header_timeout=header_timeout,
         keepalive_timeout=keepalive_timeout,
+        max_connections=max_connections if max_connections is not None else default_max_connections(),
+        unread_bytes_max=unread_bytes_max,
     )
     await server.start(host, port)
     return server

@@ -21,10 +21,13 @@ Python's ssl module verifies every client certificate it asks for). Refusing bea
 weaker setup than the operator wrote.
 
 Basic auth: every request but the open paths (``/healthz``) needs a user of ``basic_auth_users`` and
-its password. bcrypt is deliberately slow (≈ 50 to 250 ms), so checks run in a worker thread, and a
-successful (user, password) pair is remembered as a SHA-256 digest for later requests, compared in
-constant time. Unknown users still pay one bcrypt check against a dummy hash, so response time does
-not reveal which user names exist.
+its password. bcrypt is deliberately slow (≈ 50 to 250 ms), so checks run in a pool of their own (one
+thread, at most ``_MAX_PENDING`` checks waiting, more are refused with ``AuthBusy``): a wrong-password
+flood then neither takes more than one core nor queues in the loop's default executor, which host name
+lookups (the upstream reconnects) share. A check whose request was cancelled before it started is
+dropped. A successful (user, password) pair is remembered as a SHA-256 digest for later requests,
+compared in constant time, as exporter-toolkit caches verified credentials. Unknown users still pay one
+bcrypt check against a dummy hash, so response time does not reveal which user names exist.
 """
 
 from __future__ import annotations
@@ -32,12 +35,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import hashlib
 import hmac
 import logging
 import re
 import ssl
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +49,7 @@ from typing import Any
 import bcrypt
 import yaml
 
-__all__ = ["CHALLENGE", "BasicAuth", "TLSServerConfig", "WebConfig", "load_web_config"]
+__all__ = ["CHALLENGE", "AuthBusy", "BasicAuth", "TLSServerConfig", "WebConfig", "load_web_config"]
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +258,11 @@ def load_web_config(path: str | Path) -> WebConfig:
 # Basic auth.
 
 _CACHE_MAX = 1024
+_MAX_PENDING = 16  # bcrypt checks queued or running; more are refused (AuthBusy)
+
+
+class AuthBusy(Exception):
+    """Too many password checks are waiting: the request is refused without one."""
 
 
 class BasicAuth:
@@ -268,6 +277,9 @@ class BasicAuth:
         # timing): same cost factor as the dearest configured hash, made on first need.
         self._cost = max((int(h[4:6]) for h in self._users.values()), default=10)
         self._dummy: bytes | None = None
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # made on first need
+        self._pending = 0
+        self.bcrypt_checks = 0  # bcrypt runs so far (dropped checks do not count)
 
     def _dummy_check(self, password: bytes) -> bool:
         if self._dummy is None:
@@ -282,25 +294,58 @@ class BasicAuth:
         """Whether a request for ``path`` with this Authorization ``header`` may be served."""
         return path in self._open or await self.check(header)
 
-    async def check(self, header: str | None) -> bool:
+    @property
+    def pending(self) -> int:
+        """bcrypt checks queued or running."""
+        return self._pending
+
+    def known(self, header: str | None) -> bool | None:
+        """The verdict if it needs no bcrypt run (no or malformed credentials, a cached pair), else None."""
         credentials = _parse_basic(header)
         if credentials is None:
             return False
         user, password = credentials
         hashed = self._users.get(user)
-        if hashed is None:
-            await asyncio.to_thread(self._dummy_check, password)
-            return False
-        digest = self._digest(hashed, password)
         cached = self._ok.get(user)
-        if cached is not None and hmac.compare_digest(cached, digest):
+        if hashed is not None and cached is not None and hmac.compare_digest(cached, self._digest(hashed, password)):
             return True
-        if not await asyncio.to_thread(_checkpw, password, hashed):
+        return None
+
+    async def check(self, header: str | None) -> bool:
+        """Whether the credentials are good; raises ``AuthBusy`` when too many checks wait already."""
+        known = self.known(header)
+        if known is not None:
+            return known
+        credentials = _parse_basic(header)
+        assert credentials is not None
+        user, password = credentials
+        hashed = self._users.get(user)
+        if hashed is None:
+            await self._in_pool(self._dummy_check, password)
+            return False
+        if not await self._in_pool(_checkpw, password, hashed):
             return False
         if len(self._ok) >= _CACHE_MAX:
             self._ok.clear()
-        self._ok[user] = digest
+        self._ok[user] = self._digest(hashed, password)
         return True
+
+    async def _in_pool(self, check: Callable[..., bool], *args: bytes) -> bool:
+        if self._pending >= _MAX_PENDING:
+            raise AuthBusy
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="basic-auth")
+
+        def run() -> bool:
+            self.bcrypt_checks += 1
+            return check(*args)
+
+        self._pending += 1
+        try:
+            # Cancelling the await cancels the pool's job unless it started: a gone request costs nothing.
+            return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+        finally:
+            self._pending -= 1
 
 
 def _checkpw(password: bytes, hashed: bytes) -> bool:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
 import logging
+import resource
+import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -612,26 +617,22 @@ async def test_pipelined_requests_behind_a_waiting_handler_keep_their_order() ->
     assert bodies[6:] == [b"ok\n"] * 600  # more than it queues before it stops reading; > 16 KiB at once
 
 
-async def test_http10_closes_unless_keep_alive_is_asked() -> None:
+async def test_http10_is_answered_and_closed() -> None:
+    # uvicorn serves one request per HTTP/1.0 connection, keep-alive asked or not (scrapers speak 1.1).
     async with serve() as (_, _, runner):
         port = xweb.bound_port(runner)
-        raw = await raw_exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n")
-        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
-        assert b"connection: close" in raw.lower()
-        assert raw.endswith(b"ok\n")
-        async with raw_connection(port) as (reader, writer):
-            for _ in range(2):
-                writer.write(b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
-                async with asyncio.timeout(5.0):
-                    [(head, body)] = await read_responses(reader, 1)
-                assert b"connection: keep-alive" in head.lower()
-                assert body == b"ok\n"
+        for request in (b"GET /healthz HTTP/1.0\r\n\r\n", b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"):
+            raw = await raw_exchange(port, request)
+            assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"connection: close" in raw.lower()
+            assert raw.endswith(b"ok\n")
 
 
 @pytest.mark.parametrize(
     ("data", "status"),
     [
         (b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/1.1\r\nHost: t\r\nHost: u\r\n\r\n", b"400"),  # two Host headers (RFC 9112 §3.2)
         (b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n", b"400"),
         (b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n", b"505"),
         (b"GET /healthz?" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n", b"431"),  # a long target
@@ -663,29 +664,38 @@ async def test_a_refused_request_is_answered_after_the_ones_before_it() -> None:
     assert raw.endswith(b"400: Bad Request\n")
 
 
-async def test_chunked_body_is_read_and_expect_continue_is_honoured() -> None:
+async def test_input_after_a_refused_request_does_not_cost_the_answers_before_it() -> None:
+    async def slow(request: xweb.Request) -> xweb.Response:
+        await asyncio.sleep(0.2)
+        return xweb.Response(body=b"slow\n")
+
+    async with serve() as (_, app, runner), raw_connection(xweb.bound_port(runner)) as (reader, writer):
+        app.routes["/slow"] = slow
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\nthis is not HTTP\r\n\r\n")
+        await asyncio.sleep(0.05)  # the refusal waits for /slow's answer; meanwhile more input comes
+        writer.write(b"more input the server discards\r\n")
+        async with asyncio.timeout(5.0):
+            raw = await reader.read(-1)
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert raw.endswith(b"400: Bad Request\n")
+
+
+async def test_chunked_body_is_read_and_expect_continue_is_answered() -> None:
     async with serve() as (_, _, runner), raw_connection(xweb.bound_port(runner)) as (reader, writer):
+        # No endpoint takes a body, so the final answer comes at once instead of 100 Continue (RFC 9110
+        # §10.1.1); the body the client sends anyway is read, and the connection goes on.
         writer.write(b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         async with asyncio.timeout(5.0):
-            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+            responses = await read_responses(reader, 1)
             writer.write(b"hello")
             writer.write(b"POST /metrics HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
             writer.write(b"5\r\nhello\r\n0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
-            responses = await read_responses(reader, 3)
+            responses += await read_responses(reader, 2)
     assert [head.split(b"\r\n", 1)[0] for head, _ in responses] == [
         b"HTTP/1.1 405 Method Not Allowed",
         b"HTTP/1.1 405 Method Not Allowed",
         b"HTTP/1.1 200 OK",
     ]
-
-
-async def test_requests_before_a_half_close_are_answered() -> None:
-    async with serve() as (_, _, runner), raw_connection(xweb.bound_port(runner)) as (reader, writer):
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
-        writer.write_eof()
-        async with asyncio.timeout(5.0):
-            raw = await reader.read(-1)
-    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2
 
 
 async def test_slow_later_request_on_a_keep_alive_connection_is_408() -> None:
@@ -744,3 +754,185 @@ async def test_stop_lets_a_waiting_handler_answer_with_connection_close() -> Non
     assert b"connection: close" in raw.lower()
     assert raw.endswith(b"done\n")
     assert elapsed < 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Hardening: what an attacker of the running daemon found (file descriptors, unread answers, port).
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        async with asyncio.timeout(2.0):
+            return await reader.read(1024) == b""
+    except (ConnectionResetError, TimeoutError):
+        return False
+
+
+async def test_connection_cap_closes_the_oldest_idle_first_refuses_when_none_is_and_logs_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="exporter.web")
+    app = xweb.create_app(render_metrics=lambda a: (b"up 1\n", "text/plain"), status=dict, ready=lambda: True)
+    runner = await xweb.start_server(app, "127.0.0.1", 0, max_connections=20)
+    port = xweb.bound_port(runner)
+    request = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(25):  # 20 idle keep-alive connections, then 5 more: each closes the longest idle
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            async with asyncio.timeout(5.0):
+                [(_, body)] = await read_responses(reader, 1)
+            assert body == b"ok\n"
+            conns.append((reader, writer))
+        assert runner.connection_count() == 20
+        for reader, _ in conns[:5]:
+            try:
+                async with asyncio.timeout(2.0):
+                    assert await reader.read(1024) == b""
+            except ConnectionResetError:
+                pass
+        for _reader, writer in conns[5:]:  # none is busy: every one still serves
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # ... and is left half-sent: busy
+        await asyncio.sleep(0.1)
+        for _ in range(10):  # none is idle now: new connections are refused, not the busy ones closed
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request)
+            try:
+                async with asyncio.timeout(2.0):
+                    assert await reader.read(1024) == b""
+            except ConnectionResetError:
+                pass
+            writer.close()
+        assert runner.connection_count() == 20
+        warnings = [r for r in caplog.records if "connection limit" in r.getMessage()]
+        assert len(warnings) == 1  # one line for the whole episode, not one per connection
+        for _, writer in conns:
+            writer.close()
+        await wait_until(lambda: runner.connection_count() == 0)
+        assert [r for r in caplog.records if "below the limit" in r.getMessage()]
+        async with client() as c:
+            assert (await c.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+    finally:
+        for _, writer in conns:
+            writer.close()
+        await xweb.stop_server(runner)
+
+
+async def test_unread_answers_are_bounded_in_total() -> None:
+    big = b"x" * (8 << 20)
+    app = xweb.create_app(render_metrics=lambda a: (big, "text/plain"), status=dict, ready=lambda: True)
+    budget = 8 << 20  # the kernel takes up to 4 MiB of an 8 MiB answer: one or two fit, three never
+    runner = await xweb.start_server(app, "127.0.0.1", 0, unread_bytes_max=budget)
+    port = xweb.bound_port(runner)
+    loop = asyncio.get_running_loop()
+    writers = []
+    try:
+        for _ in range(4):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client that reads nothing
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port))
+            _, writer = await asyncio.open_connection(sock=sock)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: t\r\nAccept-Encoding: identity\r\n\r\n")
+            writers.append(writer)
+        await wait_until(lambda: runner.connection_count() <= 2)  # the oldest stalled ones were cut
+        assert 0 < runner.unread_bytes() <= budget
+    finally:
+        for writer in writers:
+            writer.close()
+        await xweb.stop_server(runner)
+
+
+def test_open_files_limit_is_raised_and_leaves_room_for_upstream_sockets() -> None:
+    code = (
+        "import resource; from exporter import web; now = web.raise_open_files_limit(); "
+        "print(now, *resource.getrlimit(resource.RLIMIT_NOFILE), web.default_max_connections())"
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard == resource.RLIM_INFINITY or hard >= 1024, "this test needs a hard limit of 1024 or more"
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 1024))
+
+    out = subprocess.run(
+        [sys.executable, "-c", code], preexec_fn=low_soft_limit, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    now, soft, hard_now, cap = map(int, out.stdout.split())
+    assert now == soft == hard_now == 1024
+    assert cap == 1024 - xweb.RESERVED_FILES
+
+
+def test_port_in_use_is_one_line_and_exit_2(tmp_path: Any) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "APCA_API_KEY_ID": "PKPORTTEST0000000001",
+            "APCA_API_SECRET_KEY": SECRET,
+            "EXPORTER_SYMBOLS": "AAPL",
+            "EXPORTER_HOST": "127.0.0.1",
+            "EXPORTER_PORT": str(port),
+            "EXPORTER_ALPACA_URL": "ws://127.0.0.1:1/v2/iex",
+            "EXPORTER_YAHOO_URL": "http://127.0.0.1:1",
+        }
+        out = subprocess.run(
+            [sys.executable, "-m", "exporter", "run"], env=env, capture_output=True, text=True, timeout=60
+        )
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"config error: EXPORTER_PORT: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert SECRET not in out.stdout + out.stderr
+
+
+async def test_a_reset_connection_is_freed_at_once() -> None:
+    # uvicorn cancels its keep-alive timer only on a clean close; after a reset the timer would keep the
+    # connection's objects for the whole keep-alive timeout (75 s).
+    async with serve() as (_, _, runner):
+        reader, writer = await asyncio.open_connection("127.0.0.1", xweb.bound_port(runner))
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        async with asyncio.timeout(5.0):
+            await read_responses(reader, 1)  # now idle, its keep-alive timer armed
+        [connection] = runner.guard.open
+        freed = weakref.ref(connection)
+        del connection
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # closes with a reset
+        await wait_until(lambda: runner.connection_count() == 0)
+        await asyncio.sleep(0)
+        gc.collect()
+        assert freed() is None
+
+
+async def test_pipelined_requests_are_parsed_only_a_few_ahead_of_their_answers() -> None:
+    # uvicorn parses all it reads, and reads again after every answer: a client that pipelines faster
+    # than it is answered grew one connection's queue without bound.
+    async with serve() as (_, _, runner), raw_connection(xweb.bound_port(runner)) as (reader, writer):
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n" * 3000)  # ~100 KB: one read, or a few
+        deepest = 0
+
+        async def watch() -> None:
+            nonlocal deepest
+            while True:
+                deepest = max([deepest] + [len(c.pipeline) for c in runner.guard.open])
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            async with asyncio.timeout(10.0):
+                responses = await read_responses(reader, 3000)
+        finally:
+            watcher.cancel()
+    assert [body for _, body in responses] == [b"ok\n"] * 3000
+    assert 0 < deepest <= 200  # 32, plus what one parsed 4 KiB slice holds (~120 requests); not 3000

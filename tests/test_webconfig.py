@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import concurrent.futures
 import datetime as dt
 import ipaddress
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exporter import web as xweb
+from exporter import webconfig
 from exporter.webconfig import WebConfig, load_web_config
 
 PASSWORD = "correct horse battery staple"
@@ -117,6 +121,12 @@ def write_config(directory: Path, text: str, name: str = "web.yml") -> Path:
 
 @asynccontextmanager
 async def serve(config: WebConfig) -> AsyncIterator[str]:
+    async with serve_app(config) as (base, _):
+        yield base
+
+
+@asynccontextmanager
+async def serve_app(config: WebConfig) -> AsyncIterator[tuple[str, xweb.App]]:
     app = xweb.create_app(
         render_metrics=lambda accept: (b"up 1\n", "text/plain; version=0.0.4; charset=utf-8"),
         status=lambda: {"state": "PRIMARY_ACTIVE"},
@@ -127,7 +137,7 @@ async def serve(config: WebConfig) -> AsyncIterator[str]:
     runner = await xweb.start_server(app, "127.0.0.1", 0)
     scheme = "https" if config.tls is not None else "http"
     try:
-        yield f"{scheme}://127.0.0.1:{xweb.bound_port(runner)}"
+        yield f"{scheme}://127.0.0.1:{xweb.bound_port(runner)}", app
     finally:
         await xweb.stop_server(runner)
 
@@ -360,3 +370,81 @@ def test_bcrypt_variants_accepted(tmp_path: Path, prefix: str) -> None:
     variant = prefix + HASH[4:]
     config = load_web_config(write_config(tmp_path, f"basic_auth_users:\n  u: '{variant}'\n"))
     assert bcrypt.checkpw(PASSWORD.encode(), config.basic_auth_users["u"])
+
+
+# --------------------------------------------------------------------------------------------------
+# A wrong-password flood (no credentials needed): bcrypt runs in a pool of its own, bounded, and the
+# checks of requests already gone are dropped.
+
+# Cost 12: each check takes ≈ 0.25 s, so a dozen of them outlast what the tests wait for.
+SLOW_HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=12)).decode()
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+def wrong_password_request() -> bytes:
+    token = base64.b64encode(b"u:not-the-password").decode()
+    return f"GET /metrics HTTP/1.1\r\nHost: t\r\nAuthorization: Basic {token}\r\n\r\n".encode()
+
+
+async def test_wrong_password_flood_leaves_host_name_lookups_alone(pki: Pki) -> None:
+    # Host name lookups (the upstream reconnects) run in the loop's default executor: one thread here,
+    # so a single bcrypt check queued in it would hold a lookup behind it.
+    loop = asyncio.get_running_loop()
+    executor = concurrent.futures.ThreadPoolExecutor(1)
+    loop.set_default_executor(executor)
+    config = load_web_config(write_config(pki.dir, f"basic_auth_users:\n  u: '{SLOW_HASH}'\n", "flood.yml"))
+    async with serve_app(config) as (base, app):
+        assert app.auth is not None
+        port = int(base.rsplit(":", 1)[1])
+        flood = [asyncio.create_task(raw_answer(port, wrong_password_request())) for _ in range(12)]
+        await wait_until(lambda: app.auth is not None and app.auth.pending == 12)
+        await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 2.0)  # not behind 3 s of bcrypt
+        statuses = [(await task)[:12] for task in flood]
+    assert set(statuses) == {b"HTTP/1.1 401"}
+    executor.shutdown(wait=False)
+
+
+async def test_checks_of_requests_already_gone_are_dropped(pki: Pki) -> None:
+    config = load_web_config(write_config(pki.dir, f"basic_auth_users:\n  u: '{SLOW_HASH}'\n", "gone.yml"))
+    async with serve_app(config) as (base, app):
+        auth = app.auth
+        assert auth is not None
+        port = int(base.rsplit(":", 1)[1])
+        writers = []
+        for _ in range(8):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(wrong_password_request())
+            writers.append(writer)
+        await wait_until(lambda: auth.pending == 8)
+        for writer in writers:
+            writer.close()  # the flood hangs up
+        await wait_until(lambda: auth.pending == 0)
+    assert auth.bcrypt_checks <= 2  # the one running when they left (and one starting meanwhile), not 8
+
+
+async def test_too_many_waiting_checks_are_refused_with_503(pki: Pki) -> None:
+    config = load_web_config(write_config(pki.dir, f"basic_auth_users:\n  u: '{SLOW_HASH}'\n", "busy.yml"))
+    async with serve_app(config) as (base, app):
+        auth = app.auth
+        assert auth is not None
+        port = int(base.rsplit(":", 1)[1])
+        flood = [asyncio.create_task(raw_answer(port, wrong_password_request())) for _ in range(20)]
+        await wait_until(lambda: auth.pending == webconfig._MAX_PENDING)
+        answers = [(await task)[:12] for task in flood]
+    assert answers.count(b"HTTP/1.1 503") == 20 - webconfig._MAX_PENDING
+    assert answers.count(b"HTTP/1.1 401") == webconfig._MAX_PENDING
+
+
+async def raw_answer(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(20.0):
+            return await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()

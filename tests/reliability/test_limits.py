@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import resource
+import socket
+import subprocess
+import sys
+import time
 from typing import Any
 
 import httpx
@@ -17,6 +23,7 @@ from exporter.core.router import Core, CoreConfig, State
 from exporter.metrics import build_registry
 from exporter.sim.alpaca_codec import encode
 from exporter.sources.alpaca.client import DEFAULT_MAX_MESSAGE_BYTES
+from tests.prometheus_harness import free_port
 from tests.reliability.conftest import SYMBOLS, fast_settings, records
 
 
@@ -152,3 +159,69 @@ async def test_half_sent_requests_do_not_block_the_endpoints(rstack: Any) -> Non
         finally:
             for writer in writers:
                 writer.close()
+
+
+def test_idle_connections_cannot_exhaust_the_file_descriptors() -> None:
+    """The daemon with 300 file descriptors and 400 idle keep-alive connections made to it: it keeps 44
+    (300 less 256 for the upstream sockets), closing the longest idle for each new one, so /healthz and
+    /metrics answer at once, accept() never fails, and the episode is one WARNING, not a line per accept."""
+    port, dead = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXPORTER_", "APCA_"))}
+    env.update(
+        {
+            "APCA_API_KEY_ID": "PKFDLIMITTESTKEY0001",
+            "APCA_API_SECRET_KEY": "fd-limit-secret-0123456789abcdef",
+            "EXPORTER_SYMBOLS": "AAPL",
+            "EXPORTER_ALPACA_URL": f"ws://127.0.0.1:{dead}/v2/iex",
+            "EXPORTER_YAHOO_URL": f"http://127.0.0.1:{dead}",
+            "EXPORTER_HOST": "127.0.0.1",
+            "EXPORTER_PORT": str(port),
+            "EXPORTER_ALPACA_BACKOFF_MAX_SECONDS": "1",
+        }
+    )
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, 300))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=few_descriptors,
+    )
+    idle: list[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the exporter did not come up"
+            time.sleep(0.1)
+        for _ in range(400):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5.0)
+            idle.append(sock)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"ok\n"):
+                chunk = sock.recv(4096)
+                assert chunk, "a new connection was refused"
+                answer += chunk
+        with httpx.Client(timeout=2.0) as http:
+            for _ in range(5):
+                assert http.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+                assert http.get(f"http://127.0.0.1:{port}/metrics").status_code == 200
+    finally:
+        for sock in idle:
+            sock.close()
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    log = out.decode() + err.decode()
+    assert proc.returncode == 0, log[-2000:]
+    assert log.count("HTTP connection limit reached") == 1, log[-2000:]
+    assert "Traceback" not in log
+    assert "out of system resource" not in log
