@@ -392,6 +392,17 @@ async def test_backoff_grows_caps_and_resets(sim: YahooSimulator) -> None:
     assert h.statuses[4].backoff_until is None
 
 
+async def test_backoff_survives_a_thousand_source_failures_in_a_row(sim: YahooSimulator) -> None:
+    """Past 1,024 failures in a row (85 h at the 300 s cap) ``2 ** n`` no longer fits a float: the backoff
+    must stay at its cap and every failure be counted as what it is, not as a crash of ours."""
+    sim.outage("503")
+    h = Harness(sim, ["AAPL"], standby_interval=0.001, active_interval=0.001, backoff_initial=1e-6, backoff_max=1e-5)
+    async with h.running():
+        await h.until(lambda: len(h.polls) >= 1_100, within=60.0)
+    assert set(h.errors()) == {"server_error"}
+    assert [s.backoff_level for s in h.statuses] == list(range(1, len(h.statuses) + 1))
+
+
 async def test_backoff_jitter_stays_within_bounds(sim: YahooSimulator) -> None:
     sim.rate_limit(requests=4)
     h = Harness(sim, ["AAPL"], standby_interval=0.05, backoff_initial=0.1, backoff_max=0.1, backoff_jitter=0.5)

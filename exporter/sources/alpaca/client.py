@@ -64,6 +64,7 @@ from exporter.sources.alpaca.codec import (
     decode_frame,
 )
 from exporter.sources.alpaca.protocol import Policy
+from exporter.sources.backoff import Backoff, Jitter
 
 log = logging.getLogger("exporter.alpaca")
 
@@ -110,7 +111,7 @@ class AlpacaClientConfig:
     connection_limit_backoff: float = 90.0
     fatal_retry: float = 300.0
     healthy_reset: float = 60.0
-    jitter: protocol.Jitter = "equal"
+    jitter: Jitter = "equal"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
@@ -124,7 +125,7 @@ class AlpacaClientConfig:
         for name in ("open_timeout", "step_timeout", "ping_interval", "ping_timeout", "close_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        protocol.Backoff(self.backoff_base, self.backoff_max)  # validates the bounds
+        Backoff(self.backoff_base, self.backoff_max)  # validates the bounds
 
     def retry_settings(self) -> protocol.RetrySettings:
         return protocol.RetrySettings(
