@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import random
-import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ import httpx
 
 from exporter.core.events import DependencyLatency, Emit, FallbackPoll, FallbackPrice
 from exporter.sources.backoff import Backoff, spread
+from exporter.timers import LoopTimers, Timers
 
 __all__ = [
     "DEFAULT_USER_AGENT",
@@ -195,15 +195,16 @@ class YahooPoller:
         emit: Emit,
         *,
         rng: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        timers: Timers | None = None,
+        wall_clock: Callable[[], float] | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.config = config
         self._emit = emit
         self._rng = rng or random.Random()
-        self._clock = clock
-        self._wall = wall_clock
+        self._timers = timers = timers or LoopTimers()
+        self._clock = clock = timers.monotonic
+        self._wall = wall_clock or (lambda: timers.wall_ns() / 1e9)
         self._active = False
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -312,7 +313,7 @@ class YahooPoller:
                 delay = self._dispatch_due()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
+                    async with self._timers.timeout(delay):
                         await self._wake.wait()
         finally:
             tasks = list(self._tasks)
@@ -443,10 +444,12 @@ class YahooPoller:
         url = self.config.base_url.rstrip("/") + CHART_PATH + urllib.parse.quote(symbol, safe="")
         started = self._clock()
         try:
-            async with asyncio.timeout(self.config.total_timeout):
-                async with self._client.stream("GET", url, params=CHART_PARAMS) as response:
-                    body = await self._read_capped(response)
-                    outcome = self._classify(symbol, response, body)
+            async with (
+                self._timers.timeout(self.config.total_timeout),
+                self._client.stream("GET", url, params=CHART_PARAMS) as response,
+            ):
+                body = await self._read_capped(response)
+                outcome = self._classify(symbol, response, body)
         except (httpx.TimeoutException, TimeoutError):
             outcome = _Outcome("timeout", detail="request timed out")
         except httpx.DecodingError as exc:

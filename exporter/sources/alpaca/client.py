@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -65,6 +64,7 @@ from exporter.sources.alpaca.codec import (
 )
 from exporter.sources.alpaca.protocol import Policy
 from exporter.sources.backoff import Backoff, Jitter
+from exporter.timers import LoopTimers, Timers
 
 log = logging.getLogger("exporter.alpaca")
 
@@ -166,7 +166,7 @@ class AlpacaClient:
     """One Alpaca stream connection, kept alive until :meth:`stop`.
 
     ``emit`` must not block (the daemon's queue put). ``rng`` drives the backoff jitter (inject for
-    tests); ``clock`` is monotonic seconds.
+    tests); every wait and timestamp goes through ``timers`` (the daemon's, else the loop's clock).
     """
 
     def __init__(
@@ -175,11 +175,12 @@ class AlpacaClient:
         emit: Emit,
         *,
         rng: Callable[[], float] = random.random,
-        clock: Callable[[], float] = time.monotonic,
+        timers: Timers | None = None,
     ) -> None:
         self.config = config
         self._emit_callback = emit
-        self._clock = clock
+        self._timers = timers = timers or LoopTimers()
+        self._clock = timers.monotonic
         self._retry = protocol.ReconnectPolicy(config.retry_settings(), rng=rng)
         self._plan = protocol.subscription_plan(config.channels, config.symbols)
         self._headers = protocol.content_type_headers(config.encoding)
@@ -270,7 +271,7 @@ class AlpacaClient:
         task = self._task
         if task is not None and task is not asyncio.current_task() and not task.done():
             try:
-                async with asyncio.timeout(self.config.close_timeout + self.config.open_timeout):
+                async with self._timers.timeout(self.config.close_timeout + self.config.open_timeout):
                     await asyncio.shield(task)
             except TimeoutError:
                 task.cancel()
@@ -392,10 +393,10 @@ class AlpacaClient:
         try:
             with contextlib.suppress(ConnectionClosed):
                 while True:
-                    await asyncio.sleep(cfg.ping_interval)
+                    await self._timers.sleep(cfg.ping_interval)
                     pong = await ws.ping()
                     try:
-                        async with asyncio.timeout(cfg.ping_timeout):
+                        async with self._timers.timeout(cfg.ping_timeout):
                             await pong
                     except TimeoutError:
                         if self._stopping or self._ending is not None:
@@ -420,7 +421,7 @@ class AlpacaClient:
         (except the benign 403, which in reply to auth means we are authenticated anyway).
         """
         try:
-            async with asyncio.timeout(self.config.step_timeout):
+            async with self._timers.timeout(self.config.step_timeout):
                 while True:
                     controls = self._on_frame(await ws.recv())
                     for control in controls:
@@ -576,7 +577,7 @@ class AlpacaClient:
         self._retry_at = self._clock() + delay
         try:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with self._timers.timeout(delay):
                     await self._stop_event.wait()
         finally:
             self._retry_at = None
