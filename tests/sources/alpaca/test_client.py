@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -27,6 +28,7 @@ from exporter.core.events import (
     PrimarySubscribed,
 )
 from exporter.sim.alpaca_server import AlpacaSimulator, generate_feed
+from exporter.sim.faultproxy import FaultProxy
 from exporter.sim.market import Market
 from exporter.sources.alpaca.client import AlpacaClient, AlpacaClientConfig
 from exporter.sources.alpaca.codec import Encoding
@@ -460,6 +462,42 @@ async def test_dead_socket_detected_within_the_ping_timeout(market: Market) -> N
         await rec.wait(lambda: rec.connected_count() == 2)
 
 
+async def test_data_is_proof_of_life_while_a_pong_is_late(market: Market) -> None:
+    """On a busy stream over a slow link the pong queues behind data: frames still arriving mean the link
+    works. Only when neither the pong nor any frame comes within the timeout is the link dead."""
+    config = {"ping_interval": 0.2, "ping_timeout": 0.2}
+    async with await _sim(market, rate=200.0) as sim, running(_config(sim, **config)) as (_, rec):
+        await rec.wait(lambda: rec.connected_count() == 1)
+        sim.set_pong(False)  # the pongs are stuck behind the data for good
+        received = len(rec.messages())
+        await asyncio.sleep(1.0)  # five ping periods
+        assert len(rec.messages()) > received  # data kept coming
+        assert rec.errors() == []
+        sim.set_rate(0.0)  # now nothing at all comes back
+        await rec.wait(lambda: "connection_lost" in rec.errors(), within=2.0)
+        assert rec.of(PrimaryError)[0].detail == "no pong within 0.2s"
+
+
+async def test_each_open_step_has_its_own_timeout(market: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow resolver and a slow link: the lookup and the upgrade each fit ``open_timeout``, together
+    they do not. Timed step by step, the client connects; timed as a whole it never could."""
+    resolve = socket.getaddrinfo
+
+    def slow_resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow-dns.test":
+            time.sleep(0.3)
+            host = "127.0.0.1"
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_resolver)
+    async with await _sim(market) as sim, FaultProxy("127.0.0.1", sim.port) as proxy:
+        proxy.set_latency(0.15)  # the upgrade takes a 0.3 s round trip
+        url = proxy.url("/v2/iex").replace("127.0.0.1", "slow-dns.test")
+        async with running(_config(sim, url=url, open_timeout=0.5)) as (_, rec):
+            await rec.wait(lambda: rec.connected_count() == 1, within=5.0)
+        assert rec.errors() == []
+
+
 async def test_a_failing_liveness_check_drops_the_link_instead_of_leaving_it_unwatched(
     market: Market, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -591,7 +629,8 @@ async def test_secret_never_in_logs_or_repr(market: Market, caplog: pytest.LogCa
         assert SECRET not in repr(config)
         assert KEY not in repr(config)
         async with running(config) as (client, rec):
-            await rec.wait(lambda: "auth_failed" in rec.errors())
+            # Until the retry is scheduled: the failure's log line comes just before it.
+            await rec.wait(lambda: "auth_failed" in rec.errors() and client.status.next_retry_in is not None)
             assert SECRET not in repr(client.status)
     # Our side only: the simulator (a test server) logs the frames it receives at DEBUG.
     ours = [r for r in caplog.records if not r.name.startswith("exporter.sim")]
