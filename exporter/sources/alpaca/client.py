@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import math
 import random
@@ -371,10 +372,10 @@ class AlpacaClient:
         ``open_timeout``."""
         loop = asyncio.get_running_loop()
         timeout = self.config.open_timeout
-        try:
+        if _is_address(host):
             # An address literal needs no lookup (nor a trip through the resolver's thread).
             addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
-        except socket.gaierror:
+        else:
             try:
                 async with self._timers.timeout(timeout):
                     addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -675,6 +676,14 @@ def _describe(exc: BaseException) -> str:
         return f"close {frame.code} {frame.reason!r}"[:200]
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:200]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _safe_url(url: str) -> str:
