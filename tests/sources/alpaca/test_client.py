@@ -497,15 +497,15 @@ async def test_each_open_step_has_its_own_timeout(market: Market, monkeypatch: p
 
     def slow_resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
         if host == "slow-dns.test":
-            time.sleep(0.3)
+            time.sleep(0.2)
             host = "127.0.0.1"
         return resolve(host, *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", slow_resolver)
     async with await _sim(market) as sim, FaultProxy("127.0.0.1", sim.port) as proxy:
-        proxy.set_latency(0.15)  # the upgrade takes a 0.3 s round trip
+        proxy.set_latency(0.1)  # the upgrade takes a 0.2 s round trip
         url = proxy.url("/v2/iex").replace("127.0.0.1", "slow-dns.test")
-        async with running(_config(sim, url=url, open_timeout=0.5)) as (_, rec):
+        async with running(_config(sim, url=url, open_timeout=0.35)) as (_, rec):
             await rec.wait(lambda: rec.connected_count() == 1, within=5.0)
         assert rec.errors() == []
 
