@@ -87,7 +87,8 @@ async def test_shutdown_does_not_wait_for_a_hung_dns_lookup(sims: Any, tmp_path:
         proc.proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.proc.wait(), 6.0)
         assert code == 0
-        assert asyncio.get_running_loop().time() - start < 5.0  # the contract's shutdown budget
+        took = asyncio.get_running_loop().time() - start
+        assert took < 5.0, took  # the contract's shutdown budget
     finally:
         if proc.proc.returncode is None:
             proc.proc.kill()

@@ -275,7 +275,15 @@ class AlpacaClient:
         if ws is not None:
             await self._close(ws, "shutdown")
         task = self._task
-        if task is not None and task is not asyncio.current_task() and not task.done():
+        if task is None or task is asyncio.current_task() or task.done():
+            return
+        if ws is None and self._state == "Connecting":
+            # Nothing open to close politely (not yet authenticated, so no slot held at Alpaca): a lookup,
+            # TCP connect or upgrade in progress — which hangs in a DNS outage — ends now, not at its timeout.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:
             try:
                 async with self._timers.timeout(self.config.close_timeout + self.config.open_timeout):
                     await asyncio.shield(task)
