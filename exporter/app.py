@@ -4,19 +4,21 @@ Data flows one way: the Alpaca client and the Yahoo poller ``emit`` events onto 
 task feeds them to the core (the single writer, so no locks) and acts on its effects — logging
 transitions, switching the poller's rate, asking the client to reconnect a stale stream. A ticker keeps
 the core's timers moving. Every long-running task is supervised: a crash is logged, counted and the task
-restarted after a pause, never silently lost. SIGTERM/SIGINT stop everything within a few seconds, closing
-the stream with a proper close frame.
+restarted after a pause, never silently lost. SIGTERM, SIGINT and SIGHUP stop everything within a few
+seconds, closing the stream with a proper close frame; a DNS lookup hung in a resolver thread does not hold
+the exit up. Every wait goes through one ``Timers`` object (``exporter/timers.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
 import os
 import signal
-import time
+import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,14 +26,16 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
-from exporter.core.clock import Clock, SystemClock
+from exporter.core.clock import Clock
 from exporter.core.events import Event, PrimaryData, Tick
 from exporter.core.router import BreakerTripped, Core, CoreConfig, PrimaryStale, State, Transition
 from exporter.logs import add_secrets, configure_logging, install_excepthook
 from exporter.metrics import build_registry, render_metrics
 from exporter.settings import ConfigError, Settings
 from exporter.sources.alpaca.client import AlpacaClient, AlpacaClientConfig
+from exporter.sources.backoff import Backoff
 from exporter.sources.yahoo import YahooPoller, YahooPollerConfig
+from exporter.timers import LoopTimers, Timers
 from exporter.web import bound_port, create_app, raise_open_files_limit, start_server, stop_server
 from exporter.webconfig import load_web_config
 
@@ -44,6 +48,11 @@ TICK_SECONDS = 0.25
 METRICS_CACHE_SECONDS = 0.25
 SHUTDOWN_BUDGET_SECONDS = 4.0
 CLOCK_STEP_SECONDS = 1.0  # wall time moving this much against monotonic time within one tick is a step
+# A crashed task is restarted after 0.5 s, doubling to 30 s while it keeps crashing; a run that lasted
+# longer than SUPERVISOR_HEALTHY_SECONDS starts the doubling over.
+SUPERVISOR_BACKOFF = (0.5, 30.0)
+SUPERVISOR_HEALTHY_SECONDS = 60.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def core_config(settings: Settings) -> CoreConfig:
@@ -138,15 +147,19 @@ class Daemon:
         settings: Settings,
         *,
         clock: Clock | None = None,
+        timers: Timers | None = None,
         registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
-        self.clock = clock or SystemClock()
+        self.timers = timers or LoopTimers()
+        self.clock = clock or self.timers
         self.core = Core(core_config(settings), self.clock)
         self.queue = EventQueue(settings.max_queue_frames)
         self.registry = registry or build_registry(self.core, self.queue.stats)
-        self.alpaca = AlpacaClient(alpaca_config(settings), self.queue.put)
-        self.yahoo = YahooPoller(yahoo_config(settings), self.queue.put) if settings.yahoo_enabled else None
+        self.alpaca = AlpacaClient(alpaca_config(settings), self.queue.put, timers=self.timers)
+        self.yahoo = (
+            YahooPoller(yahoo_config(settings), self.queue.put, timers=self.timers) if settings.yahoo_enabled else None
+        )
         self.stopping = asyncio.Event()
         self.task_restarts: dict[str, int] = {}
         self.port: int | None = None
@@ -223,7 +236,7 @@ class Daemon:
         clock = self.clock
         offset = clock.wall_ns() / 1e9 - clock.monotonic()
         while True:
-            await asyncio.sleep(TICK_SECONDS)
+            await self.timers.sleep(TICK_SECONDS)
             self.queue.put(Tick())
             # A wall-clock step (NTP correction, VM resume) moves every message's age at once: timers run
             # on monotonic time and do not notice, but validation does, so say it once per step.
@@ -238,29 +251,34 @@ class Daemon:
 
     # ---- supervision ------------------------------------------------------------------------------
     async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
-        delay = 0.5
+        timers = self.timers
+        pause = Backoff(*SUPERVISOR_BACKOFF, jitter=(1.0, 1.0))  # no jitter: one task, nothing to spread
         while True:
-            started = time.monotonic()
+            started = timers.monotonic()
+            crash: Exception | None = None
             try:
                 await factory()
                 if self.stopping.is_set():
                     return
-                app_log.error("task %s returned unexpectedly; restarting", name, extra={"task": name})
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                app_log.exception(
+                crash = exc
+            if timers.monotonic() - started > SUPERVISOR_HEALTHY_SECONDS:
+                pause.reset()
+            if crash is None:
+                app_log.error("task %s returned unexpectedly; restarting", name, extra={"task": name})
+            else:
+                app_log.error(
                     "task %s crashed: %s; restarting in %.1fs",
                     name,
-                    type(exc).__name__,
-                    delay,
+                    type(crash).__name__,
+                    pause.ceiling(),
+                    exc_info=crash,
                     extra={"event": "task_crashed", "task": name},
                 )
             self.task_restarts[name] = self.task_restarts.get(name, 0) + 1
-            if time.monotonic() - started > 60:
-                delay = 0.5
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await timers.sleep(pause.next_delay())
 
     # ---- endpoints ---------------------------------------------------------------------------------
     def render_metrics(self, accept: str) -> tuple[bytes, str]:
@@ -290,6 +308,7 @@ class Daemon:
             ready=self.ready,
             web_config=self.web_config,
             metrics_cache_seconds=METRICS_CACHE_SECONDS,
+            timers=self.timers,
         )
         open_files = raise_open_files_limit()  # before start_server: its connection cap follows the limit
         try:
@@ -329,15 +348,28 @@ class Daemon:
         # Stop routing first: the sources going away on purpose is not an outage to report.
         tasks[0].cancel()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.alpaca.stop(), SHUTDOWN_BUDGET_SECONDS / 2)
+            async with self.timers.timeout(SHUTDOWN_BUDGET_SECONDS / 2):
+                await self.alpaca.stop()
         if self.yahoo is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.yahoo.aclose(), 1.0)
+                async with self.timers.timeout(1.0):
+                    await self.yahoo.aclose()
         for task in tasks:
             task.cancel()
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def on_signal(self, sig: signal.Signals) -> None:
+        """Every stop signal is a graceful stop. SIGHUP too: a terminal closing or a supervisor's "reload"
+        must not kill the stream without a close frame (Alpaca would then hold the key's only connection
+        slot for ~90 s and the restarted exporter would meet 406 until it frees)."""
+        app_log.info(
+            "received %s; shutting down",
+            sig.name,
+            extra={"event": "signal", "signal": sig.name},
+        )
+        self.stop()
 
     async def wait_started(self) -> None:
         await self._started.wait()
@@ -366,11 +398,52 @@ def _loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) ->
     )
 
 
+class ResolverExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor — where asyncio runs ``getaddrinfo`` — on daemon threads.
+
+    A lookup can hang for as long as the resolver's retries last (tens of seconds during a DNS outage)
+    and cannot be interrupted. asyncio.run() joins the default executor's threads at exit and the
+    interpreter joins a ThreadPoolExecutor's at shutdown, so a hung lookup would hold the exit up far
+    past the 5 s budget. Here each call runs on its own daemon thread and shutdown waits for none: an
+    abandoned lookup dies with the process. At most ``max_workers`` run at once; past that a call fails
+    at once (the adapters count a connection failure and back off) rather than pile up threads.
+    """
+
+    def __init__(self, max_workers: int = 16) -> None:
+        super().__init__(max_workers=1)  # the base class's own pool is never used
+        self._slots = threading.BoundedSemaphore(max_workers)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if not self._slots.acquire(blocking=False):
+            future.set_exception(OSError("too many lookups pending (is DNS down?)"))
+            return future
+
+        def run() -> None:
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        result = fn(*args, **kwargs)
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                    else:
+                        future.set_result(result)
+            finally:
+                self._slots.release()
+
+        threading.Thread(target=run, name="resolver", daemon=True).start()
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=cancel_futures)
+
+
 async def serve(settings: Settings, daemon_ready: Callable[[Daemon], Awaitable[None]] | None = None) -> int:
     daemon = Daemon(settings)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, daemon.stop)
+    loop.set_default_executor(ResolverExecutor())
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, daemon.on_signal, sig)
     runner = asyncio.create_task(daemon.run())
     if daemon_ready is not None:
         await daemon.wait_started()

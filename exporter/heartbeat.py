@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
+from exporter.timers import LoopTimers, Timers
 
 __all__ = ["Heartbeat"]
 
 
 class Heartbeat:
-    """A monotonic stamp refreshed by a task on the event loop; its age says whether the loop turns."""
+    """A monotonic stamp refreshed by a task on the event loop; its age says whether the loop turns.
 
-    def __init__(self, interval: float = 0.5, timeout: float = 5.0) -> None:
+    It stamps and sleeps on the daemon's ``Timers`` like every other timer of the process."""
+
+    def __init__(self, interval: float = 0.5, timeout: float = 5.0, timers: Timers | None = None) -> None:
         self.interval = interval
         self.timeout = timeout
-        self.last = time.monotonic()
+        self.timers = timers or LoopTimers()
+        self.last = self.timers.monotonic()
 
     def beat(self) -> None:
-        self.last = time.monotonic()
+        self.last = self.timers.monotonic()
 
     def age(self) -> float:
-        return time.monotonic() - self.last
+        return self.timers.monotonic() - self.last
 
     def fresh(self) -> bool:
         return self.age() <= self.timeout
@@ -28,4 +30,4 @@ class Heartbeat:
     async def run(self) -> None:
         while True:
             self.beat()
-            await asyncio.sleep(self.interval)
+            await self.timers.sleep(self.interval)

@@ -56,7 +56,6 @@ import json
 import logging
 import resource
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -70,6 +69,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from exporter import logs
 from exporter.heartbeat import Heartbeat
+from exporter.timers import Timers
 from exporter.webconfig import CHALLENGE, AuthBusy, BasicAuth, WebConfig
 
 __all__ = [
@@ -310,9 +310,10 @@ def create_app(
     render_in_thread: bool = False,
     metrics_cache_seconds: float = 0.0,
     title: str = "alpaca-exporter",
+    timers: Timers | None = None,
 ) -> App:
     """Build the application. Start it with ``start_server``; the heartbeat runs while it is served."""
-    heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
+    heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout, timers)
 
     # Scrapes arriving within ``metrics_cache_seconds`` of a render share it: a scrape storm then costs a
     # few renders per second instead of one per request, and ingestion keeps its core.
@@ -320,7 +321,7 @@ def create_app(
 
     def render_and_compress(accept: str, gzip_ok: bool) -> tuple[bytes, str, bool]:
         key = (accept, gzip_ok)
-        now = time.monotonic()
+        now = heartbeat.timers.monotonic()
         if metrics_cache_seconds > 0:
             hit = rendered.get(key)
             if hit is not None and now - hit[0] < metrics_cache_seconds:

@@ -48,6 +48,7 @@ from websockets.server import ServerProtocol
 
 from exporter.sim.alpaca_codec import Encoding, Item, decode_frame, encode
 from exporter.sim.market import Market, MinuteBar
+from exporter.timers import LoopTimers
 
 __all__ = [
     "ERROR_MESSAGES",
@@ -59,6 +60,9 @@ __all__ = [
     "SimulatorStats",
     "generate_feed",
 ]
+
+# The loop's clock (time.monotonic on asyncio's loops), so tests on virtual loop time see one timeline.
+_loop_clock = LoopTimers()
 
 log = logging.getLogger("exporter.sim.alpaca")
 
@@ -638,7 +642,7 @@ class AlpacaSimulator:
                     self._refuse_status = self._refuse_remaining = None
             return self._reject(conn, status, "connection refused\n")
         if self.max_connects_per_minute is not None:
-            now = time.monotonic()
+            now = _loop_clock.monotonic()
             times = self._connect_times
             times.append(now)
             while times and times[0] < now - 60.0:
@@ -709,7 +713,7 @@ class AlpacaSimulator:
             if holders is not None:
                 holders.discard(session)
             if rcvd is None and session.hold_on_drop and self.zombie_hold > 0:
-                self._zombies.setdefault(slot, []).append(time.monotonic() + self.zombie_hold)
+                self._zombies.setdefault(slot, []).append(_loop_clock.monotonic() + self.zombie_hold)
         self._sessions.discard(session)
         self.stats.active -= 1
         self._update_subscription_stats()
@@ -795,7 +799,7 @@ class AlpacaSimulator:
             await self._close_session(session, self.error_close_code, "insufficient subscription")
             return False
         slot = (session.path, key)
-        now = time.monotonic()
+        now = _loop_clock.monotonic()
         zombies = [t for t in self._zombies.get(slot, []) if t > now]
         self._zombies[slot] = zombies
         holders = self._holders.setdefault(slot, set())

@@ -22,7 +22,6 @@ import asyncio
 import json
 import math
 import secrets
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -33,8 +32,12 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from exporter.sim.market import Market
+from exporter.timers import LoopTimers
 
 __all__ = ["Shape", "SimRequest", "YahooSimulator"]
+
+# The loop's clock (time.monotonic on asyncio's loops), so tests on virtual loop time see one timeline.
+_loop_clock = LoopTimers()
 
 CHART_CONTENT_TYPE = "application/json;charset=utf-8"
 CHART_CACHE_CONTROL = "public, max-age=10, stale-while-revalidate=20"
@@ -77,7 +80,7 @@ Shape = Literal[
 
 @dataclass(slots=True)
 class SimRequest:
-    """One request as the server saw it. ``at`` is ``time.monotonic()`` on arrival."""
+    """One request as the server saw it. ``at`` is ``_loop_clock.monotonic()`` on arrival."""
 
     path: str  # decoded, e.g. /v8/finance/chart/^GSPC
     raw_path: str  # as sent, e.g. /v8/finance/chart/%5EGSPC?interval=1m&range=1d
@@ -226,7 +229,7 @@ class YahooSimulator:
         """Bound a fault by count, time and symbols, and queue it behind the earlier ones."""
         fault.symbols = None if symbols is None else frozenset(symbols)
         fault.remaining = requests
-        fault.until = None if seconds is None else time.monotonic() + seconds
+        fault.until = None if seconds is None else _loop_clock.monotonic() + seconds
         self._faults.append(fault)
 
     def rate_limit(
@@ -245,7 +248,7 @@ class YahooSimulator:
         self, rate: float, burst: float, trip_seconds: float, *, retry_after: float | str | None = None
     ) -> None:
         """Allow ``rate`` requests/s with bursts of ``burst``; once empty, answer 429 for ``trip_seconds``."""
-        now = time.monotonic()
+        now = _loop_clock.monotonic()
         text = None if retry_after is None else _retry_after_text(retry_after)
         self._bucket = _Bucket(rate, burst, trip_seconds, text, tokens=burst, at=now)
 
@@ -365,7 +368,7 @@ class YahooSimulator:
             symbol=symbol,
             params=dict(request.query),
             headers=dict(request.headers),
-            at=time.monotonic(),
+            at=_loop_clock.monotonic(),
             peer=f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "",
         )
         if len(self.requests) >= self._max_log:

@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import random
-import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +53,8 @@ from typing import Any
 import httpx
 
 from exporter.core.events import DependencyLatency, Emit, FallbackPoll, FallbackPrice
+from exporter.sources.backoff import Backoff, spread
+from exporter.timers import LoopTimers, Timers
 
 __all__ = [
     "DEFAULT_USER_AGENT",
@@ -174,11 +175,15 @@ class _Episode:
 
 @dataclass(slots=True)
 class _Backoff:
-    level: int = 0  # source failures in a row
+    delays: Backoff  # its attempt counter is the level: source failures in a row that grew the backoff
     until: float = 0.0  # monotonic
     generation: int = 0  # bumped on every growth; requests remember the one they started in
     probing: bool = False  # a half-open probe is in flight
     episodes: dict[str, _Episode] = field(default_factory=dict)
+
+    @property
+    def level(self) -> int:
+        return self.delays.attempt
 
 
 class YahooPoller:
@@ -190,19 +195,27 @@ class YahooPoller:
         emit: Emit,
         *,
         rng: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
+        timers: Timers | None = None,
+        wall_clock: Callable[[], float] | None = None,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.config = config
         self._emit = emit
         self._rng = rng or random.Random()
-        self._clock = clock
-        self._wall = wall_clock
+        self._timers = timers = timers or LoopTimers()
+        self._clock = clock = timers.monotonic
+        self._wall = wall_clock or (lambda: timers.wall_ns() / 1e9)
         self._active = False
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._backoff = _Backoff()
+        self._backoff = _Backoff(
+            Backoff(
+                config.backoff_initial,
+                config.backoff_max,
+                jitter=spread(config.backoff_jitter),
+                rng=self._rng.random,
+            )
+        )
         self._in_flight = 0
         self._last_start = -math.inf  # global pacer: when the last request started
         self._last_success_wall: float | None = None
@@ -300,7 +313,7 @@ class YahooPoller:
                 delay = self._dispatch_due()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
+                    async with self._timers.timeout(delay):
                         await self._wake.wait()
         finally:
             tasks = list(self._tasks)
@@ -431,10 +444,12 @@ class YahooPoller:
         url = self.config.base_url.rstrip("/") + CHART_PATH + urllib.parse.quote(symbol, safe="")
         started = self._clock()
         try:
-            async with asyncio.timeout(self.config.total_timeout):
-                async with self._client.stream("GET", url, params=CHART_PARAMS) as response:
-                    body = await self._read_capped(response)
-                    outcome = self._classify(symbol, response, body)
+            async with (
+                self._timers.timeout(self.config.total_timeout),
+                self._client.stream("GET", url, params=CHART_PARAMS) as response,
+            ):
+                body = await self._read_capped(response)
+                outcome = self._classify(symbol, response, body)
         except (httpx.TimeoutException, TimeoutError):
             outcome = _Outcome("timeout", detail="request timed out")
         except httpx.DecodingError as exc:
@@ -580,7 +595,7 @@ class YahooPoller:
         if b.level > 0 and generation != b.generation:
             return
         episode = b.episodes.pop(_SOURCE_SCOPE, None)
-        b.level = 0
+        b.delays.reset()
         b.until = 0.0
         if episode is not None:
             log.info(
@@ -594,16 +609,13 @@ class YahooPoller:
 
     def _source_failed(self, sym: _Symbol, outcome: _Outcome, now: float, generation: int) -> None:
         b = self._backoff
-        cfg = self.config
         if generation == b.generation or b.level == 0:
-            b.level += 1
             b.generation += 1
-            base = min(cfg.backoff_max, cfg.backoff_initial * 2 ** (b.level - 1))
-            delay = min(cfg.backoff_max, base * self._rng.uniform(1 - cfg.backoff_jitter, 1 + cfg.backoff_jitter))
+            delay = b.delays.next_delay(floor=outcome.retry_after)  # Retry-After is a floor
         else:
-            delay = 0.0  # a request from before the last growth: counted, but the backoff stands
-        if outcome.retry_after is not None:
-            delay = max(delay, outcome.retry_after)  # Retry-After is a floor
+            # A request from before the last growth: counted, but the backoff stands (or its Retry-After
+            # extends it).
+            delay = outcome.retry_after or 0.0
         b.until = max(b.until, now + delay)
         # Retry this symbol as soon as the backoff is over rather than at its next slot.
         sym.retry_at = b.until

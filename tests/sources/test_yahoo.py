@@ -1,4 +1,10 @@
-"""The Yahoo poller against the Yahoo simulator, over real HTTP on 127.0.0.1, with short periods."""
+"""The Yahoo poller against the Yahoo simulator, over real HTTP on 127.0.0.1, with short periods.
+
+The tests run on virtual loop time (``looptime``): the sockets are real, but whenever nothing but timers
+is pending the loop's clock jumps to the next one, so periods, backoffs and timeouts cost no wall time.
+Every time here is the loop's (``now()``: the poller's and the simulator's clock), and the poller's wall
+clock moves with it.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,12 @@ from exporter.sim.market import Market
 from exporter.sim.yahoo_server import CHART_CONTENT_TYPE, RATE_LIMIT_BODY, YahooSimulator
 from exporter.sources.yahoo import YahooPoller, YahooPollerConfig, YahooPollerStatus
 
+pytestmark = pytest.mark.looptime
+# The few tests that open a new connection for request after request run in real time: httpx looks every
+# new connection's host up in a resolver thread, and looptime (0.9) does not always see that thread
+# finish, so the virtual loop can stall.
+REAL_TIME = pytest.mark.looptime(False)
+
 # 2026-03-10 10:34:27 EDT (session open) and 19:30 EDT (after the close), a Tuesday.
 T_OPEN = 1773153267
 T_CLOSED = int(datetime(2026, 3, 10, 23, 30, tzinfo=UTC).timestamp())
@@ -37,10 +49,14 @@ T_CLOSED = int(datetime(2026, 3, 10, 23, 30, tzinfo=UTC).timestamp())
 EPS = 0.04
 
 
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
 def shifted_wall(t0: float) -> Callable[[], float]:
-    """A wall clock that starts at ``t0`` and runs at real speed (for the session-based staleness rules)."""
-    base = time.monotonic()
-    return lambda: t0 + (time.monotonic() - base)
+    """A wall clock that starts at ``t0`` and runs with the loop's clock (for the session-based rules)."""
+    base = now()
+    return lambda: t0 + (now() - base)
 
 
 @pytest.fixture
@@ -58,7 +74,7 @@ class Harness:
     """A poller wired to the simulator, recording every event it emits."""
 
     def __init__(self, sim: YahooSimulator, symbols: Iterable[str], **overrides: Any) -> None:
-        wall = overrides.pop("wall_clock", None)
+        self.wall: Callable[[], float] = overrides.pop("wall_clock", None) or shifted_wall(time.time())
         fields: dict[str, Any] = {
             "base_url": sim.url,
             "symbols": tuple(symbols),
@@ -78,10 +94,7 @@ class Harness:
         self.sim = sim
         self.events: list[Event] = []
         self.statuses: list[YahooPollerStatus] = []  # a snapshot after every FallbackPoll
-        kwargs: dict[str, Any] = {"rng": random.Random(42)}
-        if wall is not None:
-            kwargs["wall_clock"] = wall
-        self.poller = YahooPoller(YahooPollerConfig(**fields), self._emit, **kwargs)
+        self.poller = YahooPoller(YahooPollerConfig(**fields), self._emit, rng=random.Random(42), wall_clock=self.wall)
 
     def _emit(self, event: Event) -> None:
         self.events.append(event)
@@ -108,17 +121,17 @@ class Harness:
             yield self.poller
         finally:
             # Stop between requests so every request sent has been answered and counted.
-            deadline = time.monotonic() + 3.0
-            while self.poller.status().in_flight and time.monotonic() < deadline:
+            deadline = now() + 3.0
+            while self.poller.status().in_flight and now() < deadline:
                 await asyncio.sleep(0.002)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
             await self.poller.aclose()
 
     async def until(self, predicate: Callable[[], bool], within: float = 3.0) -> None:
-        deadline = time.monotonic() + within
+        deadline = now() + within
         while not predicate():
-            assert time.monotonic() < deadline, f"timed out; errors so far: {self.errors()}"
+            assert now() < deadline, f"timed out; errors so far: {self.errors()}"
             await asyncio.sleep(0.005)
 
 
@@ -219,7 +232,7 @@ async def test_rate_switch_is_immediate_both_ways(sim: YahooSimulator) -> None:
         await h.until(lambda: len(sim.requests) == 1)  # the first symbol goes at once
         await asyncio.sleep(0.15)
         assert len(sim.requests) == 1  # the other waits for its slot, 2.5 s later
-        switched = time.monotonic()
+        switched = now()
         poller.set_active(True)
         await h.until(lambda: {r.symbol for r in sim.requests[1:]} == {"AAPL", "MSFT"}, within=1.0)
         assert max(h.times()) - switched < 0.35  # both within about one active period, no 5 s wait
@@ -243,8 +256,8 @@ async def test_concurrency_is_bounded(sim: YahooSimulator) -> None:
     h = Harness(sim, symbols, standby_interval=0.1, concurrency=2)
     peak = 0
     async with h.running() as poller:
-        deadline = time.monotonic() + 0.5
-        while time.monotonic() < deadline:
+        deadline = now() + 0.5
+        while now() < deadline:
             peak = max(peak, poller.status().in_flight)
             await asyncio.sleep(0.003)
         sim.clear_faults()  # lets the lanes drain so the harness can stop between requests
@@ -334,6 +347,7 @@ async def test_source_faults_back_off_and_recover(
     assert h.statuses[1].consecutive_failures == 0
 
 
+@REAL_TIME
 async def test_connection_refused(sim: YahooSimulator) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -392,6 +406,19 @@ async def test_backoff_grows_caps_and_resets(sim: YahooSimulator) -> None:
     assert h.statuses[4].backoff_until is None
 
 
+@REAL_TIME
+async def test_backoff_survives_a_thousand_source_failures_in_a_row(sim: YahooSimulator) -> None:
+    """Past 1,024 failures in a row (85 h at the 300 s cap) ``2 ** n`` no longer fits a float: the backoff
+    must stay at its cap and every failure be counted as what it is, not as a crash of ours."""
+    sim.outage("503")
+    h = Harness(sim, ["AAPL"], standby_interval=0.001, active_interval=0.001, backoff_initial=1e-6, backoff_max=1e-5)
+    async with h.running():
+        await h.until(lambda: len(h.statuses) >= 1_030, within=60.0)  # one status per poll, and cheap to count
+    assert set(h.errors()) <= {"server_error", "timeout"}  # a loaded machine may time one out: also the source's
+    assert [s.backoff_level for s in h.statuses] == list(range(1, len(h.statuses) + 1))
+
+
+@REAL_TIME
 async def test_backoff_jitter_stays_within_bounds(sim: YahooSimulator) -> None:
     sim.rate_limit(requests=4)
     h = Harness(sim, ["AAPL"], standby_interval=0.05, backoff_initial=0.1, backoff_max=0.1, backoff_jitter=0.5)
@@ -402,6 +429,7 @@ async def test_backoff_jitter_stays_within_bounds(sim: YahooSimulator) -> None:
     assert max(spacing) - min(spacing) > 0.005  # jittered, not a fixed beat
 
 
+@REAL_TIME
 async def test_backoff_is_source_wide_with_a_single_probe(sim: YahooSimulator) -> None:
     symbols = ["AAPL", "MSFT", "SPY"]
     h = Harness(sim, symbols, standby_interval=0.09, backoff_initial=0.05)
@@ -440,14 +468,14 @@ async def test_retry_after_seconds_is_a_floor(sim: YahooSimulator) -> None:
 
 
 async def test_retry_after_http_date_is_a_floor(sim: YahooSimulator) -> None:
-    until = round(time.time() + 1.0)  # HTTP dates have whole seconds: 0.5-1.5 s from now
-    sim.server_error(503, requests=1, retry_after=email.utils.formatdate(until, usegmt=True))
     h = Harness(sim, ["AAPL"], standby_interval=0.05, backoff_initial=0.05)
+    until = round(h.wall() + 1.0)  # HTTP dates have whole seconds: 0.5-1.5 s from now
+    sim.server_error(503, requests=1, retry_after=email.utils.formatdate(until, usegmt=True))
     async with h.running():
         await h.until(lambda: len(h.prices()) >= 1)
     assert h.errors()[:2] == ["server_error", None]
     first, retry = sim.requests[:2]
-    first_wall = time.time() - (time.monotonic() - first.at)
+    first_wall = h.wall() - (now() - first.at)
     assert retry.at - first.at >= until - first_wall - EPS  # not before the date
     assert retry.at - first.at < until - first_wall + 0.3
 
@@ -568,6 +596,7 @@ async def test_static_time_outside_session_is_normal(sim: YahooSimulator) -> Non
 # ---------------------------------------------------------------------------------------- counting, logs
 
 
+@REAL_TIME
 async def test_exact_counting_under_mixed_faults(sim: YahooSimulator) -> None:
     sim.add_unknown("SPY")
     sim.set_shape("MSFT", "null_price")
@@ -625,9 +654,9 @@ async def test_a_broken_consumer_does_not_stop_polling(sim: YahooSimulator, capl
     config = YahooPollerConfig(base_url=sim.url, symbols=("AAPL",), standby_interval=0.03)
     poller = YahooPoller(config, emit)
     task = asyncio.create_task(poller.run())
-    deadline = time.monotonic() + 3
+    deadline = now() + 3
     while len(sim.requests) < 3:
-        assert time.monotonic() < deadline
+        assert now() < deadline
         await asyncio.sleep(0.005)
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)

@@ -29,16 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import math
 import random
-import time
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.proxy import get_proxy
+from websockets.uri import parse_uri
 
 from exporter.core.events import (
     ConnState,
@@ -64,6 +68,8 @@ from exporter.sources.alpaca.codec import (
     decode_frame,
 )
 from exporter.sources.alpaca.protocol import Policy
+from exporter.sources.backoff import Backoff, Jitter
+from exporter.timers import LoopTimers, Timers
 
 log = logging.getLogger("exporter.alpaca")
 
@@ -100,7 +106,7 @@ class AlpacaClientConfig:
     symbols: tuple[str, ...]
     channels: tuple[str, ...] = ("trades",)
     encoding: Encoding = "msgpack"
-    open_timeout: float = 5.0  # TCP connect + WebSocket upgrade
+    open_timeout: float = 5.0  # each of: the DNS lookup, the TCP connect, the TLS handshake + upgrade
     step_timeout: float = 5.0  # each of: `connected`, the auth reply, the subscription ack
     ping_interval: float = 10.0
     ping_timeout: float = 5.0
@@ -110,7 +116,7 @@ class AlpacaClientConfig:
     connection_limit_backoff: float = 90.0
     fatal_retry: float = 300.0
     healthy_reset: float = 60.0
-    jitter: protocol.Jitter = "equal"
+    jitter: Jitter = "equal"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 
     def __post_init__(self) -> None:
@@ -124,7 +130,7 @@ class AlpacaClientConfig:
         for name in ("open_timeout", "step_timeout", "ping_interval", "ping_timeout", "close_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        protocol.Backoff(self.backoff_base, self.backoff_max)  # validates the bounds
+        Backoff(self.backoff_base, self.backoff_max)  # validates the bounds
 
     def retry_settings(self) -> protocol.RetrySettings:
         return protocol.RetrySettings(
@@ -165,7 +171,7 @@ class AlpacaClient:
     """One Alpaca stream connection, kept alive until :meth:`stop`.
 
     ``emit`` must not block (the daemon's queue put). ``rng`` drives the backoff jitter (inject for
-    tests); ``clock`` is monotonic seconds.
+    tests); every wait and timestamp goes through ``timers`` (the daemon's, else the loop's clock).
     """
 
     def __init__(
@@ -174,11 +180,12 @@ class AlpacaClient:
         emit: Emit,
         *,
         rng: Callable[[], float] = random.random,
-        clock: Callable[[], float] = time.monotonic,
+        timers: Timers | None = None,
     ) -> None:
         self.config = config
         self._emit_callback = emit
-        self._clock = clock
+        self._timers = timers = timers or LoopTimers()
+        self._clock = timers.monotonic
         self._retry = protocol.ReconnectPolicy(config.retry_settings(), rng=rng)
         self._plan = protocol.subscription_plan(config.channels, config.symbols)
         self._headers = protocol.content_type_headers(config.encoding)
@@ -192,6 +199,7 @@ class AlpacaClient:
         self._retry_at: float | None = None
 
         self._ws: ClientConnection | None = None
+        self._last_frame_at = -math.inf  # monotonic time of the latest frame (liveness: proof of life)
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -267,9 +275,17 @@ class AlpacaClient:
         if ws is not None:
             await self._close(ws, "shutdown")
         task = self._task
-        if task is not None and task is not asyncio.current_task() and not task.done():
+        if task is None or task is asyncio.current_task() or task.done():
+            return
+        if ws is None and self._state == "Connecting":
+            # Nothing open to close politely (not yet authenticated, so no slot held at Alpaca): a lookup,
+            # TCP connect or upgrade in progress — which hangs in a DNS outage — ends now, not at its timeout.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:
             try:
-                async with asyncio.timeout(self.config.close_timeout + self.config.open_timeout):
+                async with self._timers.timeout(self.config.close_timeout + self.config.open_timeout):
                     await asyncio.shield(task)
             except TimeoutError:
                 task.cancel()
@@ -286,18 +302,8 @@ class AlpacaClient:
         self._error_logged.clear()
         self._set_state("Connecting", "reconnect" if self._attempts > 1 else "start")
         started = self._clock()
-        cfg = self.config
         try:
-            ws = await connect(
-                cfg.url,
-                additional_headers=self._headers,
-                user_agent_header=_USER_AGENT,
-                open_timeout=cfg.open_timeout,
-                ping_interval=None,  # see _watch_liveness
-                close_timeout=cfg.close_timeout,
-                max_size=cfg.max_message_bytes,
-                logger=_ws_log,
-            )
+            ws = await self._open()
         except InvalidStatus as exc:
             status = exc.response.status_code
             policy = protocol.classify_http_status(status)
@@ -334,6 +340,74 @@ class AlpacaClient:
             if ws.close_code is None:
                 await self._close(ws, "reconnect")
         return ended
+
+    async def _open(self) -> ClientConnection:
+        """Open the WebSocket, timing each network step by itself.
+
+        One timeout over the lookup, the TCP connect, the TLS handshake and the upgrade together would
+        make a slow but working link (2 s one way: 4 s per round trip) unable to ever connect. So the
+        lookup and the TCP connect each get ``open_timeout``, and websockets gets it once per round trip
+        it still needs (TLS, then the upgrade). Through an HTTP/SOCKS proxy websockets opens the whole
+        path itself, within the sum.
+        """
+        cfg = self.config
+        uri = parse_uri(cfg.url)
+        round_trips = 2 if uri.secure else 1
+        options: dict[str, Any] = {}
+        if get_proxy(uri) is None:
+            options["sock"] = await self._tcp_connect(uri.host, uri.port)
+        else:
+            round_trips += 2
+        try:
+            return await connect(
+                cfg.url,
+                additional_headers=self._headers,
+                user_agent_header=_USER_AGENT,
+                open_timeout=cfg.open_timeout * round_trips,
+                ping_interval=None,  # see _watch_liveness
+                close_timeout=cfg.close_timeout,
+                max_size=cfg.max_message_bytes,
+                logger=_ws_log,
+                **options,
+            )
+        except BaseException:
+            if "sock" in options:
+                options["sock"].close()
+            raise
+
+    async def _tcp_connect(self, host: str, port: int) -> socket.socket:
+        """The DNS lookup, then a TCP connection to the first address that takes one; each step within
+        ``open_timeout``."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.open_timeout
+        if _is_address(host):
+            # An address literal needs no lookup (nor a trip through the resolver's thread).
+            addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)
+        else:
+            try:
+                async with self._timers.timeout(timeout):
+                    addresses = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except TimeoutError:
+                raise TimeoutError(f"DNS lookup of {host} took over {timeout}s") from None
+        failure: OSError | None = None
+        try:
+            async with self._timers.timeout(timeout):
+                for family, kind, proto, _, address in addresses:
+                    sock = socket.socket(family, kind, proto)
+                    try:
+                        sock.setblocking(False)
+                        await loop.sock_connect(sock, address)
+                    except OSError as exc:
+                        sock.close()
+                        failure = exc
+                    except BaseException:
+                        sock.close()
+                        raise
+                    else:
+                        return sock
+        except TimeoutError:
+            raise TimeoutError(f"TCP connect to {host}:{port} took over {timeout}s") from None
+        raise failure or OSError(f"no address for {host}")
 
     def _link_down(self, reason: str) -> None:
         if self._authenticated:
@@ -381,21 +455,32 @@ class AlpacaClient:
         return self._clock()
 
     async def _watch_liveness(self, ws: ClientConnection) -> None:
-        """A ping every ``ping_interval``; no pong within ``ping_timeout`` is a dead link.
+        """A ping every ``ping_interval``; a ``ping_timeout`` with neither the pong nor any frame is a
+        dead link.
 
+        Frames received while the pong is due are proof of life too: on a busy stream over a slow link
+        the pong queues behind data (at 200 msg/s it once came 12 s late) while the link is fine.
         websockets' own keepalive would start the closing handshake first, and the reader would only
         end (and the router fail over) up to ``close_timeout`` later, on a link that may not carry the
         close frame at all. Here the failure is reported at once, then the connection is closed.
         """
         cfg = self.config
+        timers = self._timers
         try:
             with contextlib.suppress(ConnectionClosed):
                 while True:
-                    await asyncio.sleep(cfg.ping_interval)
+                    await timers.sleep(cfg.ping_interval)
                     pong = await ws.ping()
                     try:
-                        async with asyncio.timeout(cfg.ping_timeout):
-                            await pong
+                        while True:
+                            waiting_since = timers.monotonic()
+                            try:
+                                async with timers.timeout(cfg.ping_timeout):
+                                    await asyncio.shield(pong)
+                                break
+                            except TimeoutError:
+                                if self._last_frame_at < waiting_since:
+                                    raise
                     except TimeoutError:
                         if self._stopping or self._ending is not None:
                             return  # already closing on purpose
@@ -419,7 +504,7 @@ class AlpacaClient:
         (except the benign 403, which in reply to auth means we are authenticated anyway).
         """
         try:
-            async with asyncio.timeout(self.config.step_timeout):
+            async with self._timers.timeout(self.config.step_timeout):
                 while True:
                     controls = self._on_frame(await ws.recv())
                     for control in controls:
@@ -453,7 +538,7 @@ class AlpacaClient:
 
     def _on_frame(self, frame: str | bytes) -> list[Control]:
         """Decode one frame, emit its data and control count; return its control items."""
-        received_at = self._clock()
+        self._last_frame_at = received_at = self._clock()
         try:
             decoded = decode_frame(frame, self.config.encoding)
         except FrameDecodeError as exc:
@@ -575,7 +660,7 @@ class AlpacaClient:
         self._retry_at = self._clock() + delay
         try:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
+                async with self._timers.timeout(delay):
                     await self._stop_event.wait()
         finally:
             self._retry_at = None
@@ -599,6 +684,14 @@ def _describe(exc: BaseException) -> str:
         return f"close {frame.code} {frame.reason!r}"[:200]
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"[:200]
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _safe_url(url: str) -> str:

@@ -1,4 +1,4 @@
-"""The Alpaca stream protocol without I/O: URLs, outgoing messages, error codes, ack checks, backoff.
+"""The Alpaca stream protocol without I/O: URLs, outgoing messages, error codes, ack checks, retry policy.
 
 Everything here is pure (no sockets, no clocks, no logging) so the client's decisions are unit-tested
 on their own. The client (``client.py``) feeds it what it saw and does what it says.
@@ -10,11 +10,12 @@ import enum
 import random
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 
 from exporter.sources.alpaca.codec import Encoding, SubscriptionAck
+from exporter.sources.backoff import Backoff, Jitter
 
 DEFAULT_HOST: Final = "wss://stream.data.alpaca.markets"
 
@@ -205,50 +206,7 @@ def check_ack(ack: SubscriptionAck, wanted: Mapping[str, frozenset[str]]) -> Ack
 
 
 # --------------------------------------------------------------------------------------------------
-# Backoff
-
-
-Jitter = Literal["full", "equal"]
-
-
-class Backoff:
-    """Exponential backoff with jitter: attempt n waits around ``min(cap, base * 2**n)``.
-
-    ``full`` jitter draws from [0, d]; ``equal`` from [d/2, d] (never below half the step, so a run of
-    unlucky draws cannot make a hot loop). ``rng`` returns floats in [0, 1); inject one in tests.
-    """
-
-    def __init__(
-        self,
-        base: float,
-        cap: float,
-        *,
-        jitter: Jitter = "equal",
-        rng: Callable[[], float] = random.random,
-    ) -> None:
-        if base <= 0 or cap < base:
-            raise ValueError("backoff needs 0 < base <= cap")
-        self.base = base
-        self.cap = cap
-        self.jitter = jitter
-        self._rng = rng
-        self.attempt = 0
-
-    def ceiling(self) -> float:
-        """The un-jittered delay of the next attempt."""
-        # Exponent bounded so a long outage never builds a huge float.
-        return min(self.cap, self.base * 2.0 ** min(self.attempt, 62))
-
-    def next_delay(self) -> float:
-        """The next delay; advances the attempt counter."""
-        ceiling = self.ceiling()
-        self.attempt += 1
-        if self.jitter == "full":
-            return ceiling * self._rng()
-        return ceiling / 2 + ceiling / 2 * self._rng()
-
-    def reset(self) -> None:
-        self.attempt = 0
+# Reconnect policy
 
 
 @dataclass(frozen=True, slots=True)

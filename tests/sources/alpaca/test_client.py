@@ -1,4 +1,9 @@
-"""The Alpaca client against the real simulator over 127.0.0.1: one test per behaviour."""
+"""The Alpaca client against the real simulator over 127.0.0.1: one test per behaviour.
+
+The tests run on virtual loop time (``looptime``): the sockets are real, but whenever nothing but timers
+is pending the loop's clock jumps to the next one, so backoffs, pings and timeouts cost no wall time.
+Every time here is the loop's (``now()``), which is the clock the client's timers run on.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -27,13 +33,20 @@ from exporter.core.events import (
     PrimarySubscribed,
 )
 from exporter.sim.alpaca_server import AlpacaSimulator, generate_feed
+from exporter.sim.faultproxy import FaultProxy
 from exporter.sim.market import Market
 from exporter.sources.alpaca.client import AlpacaClient, AlpacaClientConfig
 from exporter.sources.alpaca.codec import Encoding
 
+pytestmark = pytest.mark.looptime
+
 KEY, SECRET = "PKTESTKEY", "sekrit-value-123"
 SYMBOLS = ("AAPL", "MSFT")
 ENCODINGS: list[Encoding] = ["json", "msgpack"]
+
+
+def now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 class Recorder:
@@ -43,7 +56,7 @@ class Recorder:
         self.events: list[tuple[float, Event]] = []
 
     def __call__(self, event: Event) -> None:
-        self.events.append((time.monotonic(), event))
+        self.events.append((now(), event))
 
     def of(self, kind: type[Any]) -> list[Any]:
         return [e for _, e in self.events if isinstance(e, kind)]
@@ -63,9 +76,9 @@ class Recorder:
     async def wait(self, predicate: Callable[[], bool], within: float = 3.0) -> None:
         """Poll until ``predicate()`` holds; fail the test after ``within`` seconds."""
         timeout = within
-        deadline = time.monotonic() + timeout
+        deadline = now() + timeout
         while not predicate():
-            if time.monotonic() > deadline:
+            if now() > deadline:
                 raise AssertionError(
                     f"condition not met within {timeout}s; states={self.states()} errors={self.errors()}"
                 )
@@ -163,7 +176,7 @@ async def test_exact_message_counts(market: Market, encoding: Encoding) -> None:
         assert sum(isinstance(x, m.Quote) for x in received) == feed.counts["q"] == sim.stats.sent_by_type["q"]
         data_events = rec.of(PrimaryData)
         assert len(data_events) == len(feed) == sim.stats.feed_frames_sent  # one event per frame
-        assert all(e.decode_seconds >= 0 and e.received_at > 0 for e in data_events)
+        assert all(e.decode_seconds >= 0 and e.received_at >= 0 for e in data_events)
         controls = sum(sim.stats.sent_by_type[k] for k in ("success", "error", "subscription"))
         assert sum(e.count for e in rec.of(PrimaryControl)) == controls == 3
         assert rec.errors() == []
@@ -367,9 +380,9 @@ async def test_handshake_step_timeout() -> None:
             backoff_max=10.0,
         )
         async with running(config) as (client, rec):
-            started = time.monotonic()
+            started = now()
             await rec.wait(lambda: "connection_failed" in rec.errors())
-            assert 0.25 <= time.monotonic() - started <= 1.5
+            assert 0.25 <= now() - started <= 1.5
             assert client.status.last_error is not None
             assert "no connected reply" in client.status.last_error
             await rec.wait(lambda: client.status.next_retry_in is not None)  # after closing the socket
@@ -447,7 +460,7 @@ async def test_dead_socket_detected_within_the_ping_timeout(market: Market) -> N
         await asyncio.sleep(0.5)  # pongs flow: the connection stays up
         assert rec.errors() == []
         sim.set_pong(False)
-        silenced = time.monotonic()
+        silenced = now()
         await rec.wait(lambda: "connection_lost" in rec.errors(), within=2.0)
         detected = rec.times(lambda e: isinstance(e, PrimaryError) and e.type == "connection_lost")[0]
         # At most one ping interval and the pong timeout (plus scheduling slack), not the close timeout.
@@ -458,6 +471,43 @@ async def test_dead_socket_detected_within_the_ping_timeout(market: Market) -> N
         assert sim.stats.client_close_codes[0] == 1000  # still closed politely: no zombie slot
         sim.set_pong(True)
         await rec.wait(lambda: rec.connected_count() == 2)
+
+
+async def test_data_is_proof_of_life_while_a_pong_is_late(market: Market) -> None:
+    """On a busy stream over a slow link the pong queues behind data: frames still arriving mean the link
+    works. Only when neither the pong nor any frame comes within the timeout is the link dead."""
+    config = {"ping_interval": 0.2, "ping_timeout": 0.2}
+    async with await _sim(market, rate=200.0) as sim, running(_config(sim, **config)) as (_, rec):
+        await rec.wait(lambda: rec.connected_count() == 1)
+        sim.set_pong(False)  # the pongs are stuck behind the data for good
+        received = len(rec.messages())
+        await asyncio.sleep(1.0)  # five ping periods
+        assert len(rec.messages()) > received  # data kept coming
+        assert rec.errors() == []
+        sim.set_rate(0.0)  # now nothing at all comes back
+        await rec.wait(lambda: "connection_lost" in rec.errors(), within=2.0)
+        assert rec.of(PrimaryError)[0].detail == "no pong within 0.2s"
+
+
+@pytest.mark.looptime(False)  # the slow resolver runs in a thread, in real time: so must the timeouts
+async def test_each_open_step_has_its_own_timeout(market: Market, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slow resolver and a slow link: the lookup and the upgrade each fit ``open_timeout``, together
+    they do not. Timed step by step, the client connects; timed as a whole it never could."""
+    resolve = socket.getaddrinfo
+
+    def slow_resolver(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "slow-dns.test":
+            time.sleep(0.2)
+            host = "127.0.0.1"
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_resolver)
+    async with await _sim(market) as sim, FaultProxy("127.0.0.1", sim.port) as proxy:
+        proxy.set_latency(0.1)  # the upgrade takes a 0.2 s round trip
+        url = proxy.url("/v2/iex").replace("127.0.0.1", "slow-dns.test")
+        async with running(_config(sim, url=url, open_timeout=0.35)) as (_, rec):
+            await rec.wait(lambda: rec.connected_count() == 1, within=5.0)
+        assert rec.errors() == []
 
 
 async def test_a_failing_liveness_check_drops_the_link_instead_of_leaving_it_unwatched(
@@ -561,10 +611,10 @@ async def test_clean_shutdown_sends_close_1000(market: Market, encoding: Encodin
         client = AlpacaClient(_config(sim, encoding), rec)
         task = asyncio.create_task(client.run())
         await rec.wait(lambda: rec.connected_count() == 1)
-        started = time.monotonic()
+        started = now()
         await client.stop()
         await asyncio.wait_for(task, 1.0)
-        assert time.monotonic() - started < 1.0
+        assert now() - started < 1.0
         await rec.wait(lambda: sim.stats.client_close_codes == [1000])
         assert rec.states()[-1] == "Disconnected"
         assert rec.of(PrimaryAuthenticated)[-1] == PrimaryAuthenticated(False)
@@ -578,10 +628,10 @@ async def test_stop_during_a_long_backoff_is_prompt(market: Market) -> None:
         client = AlpacaClient(_config(sim, secret="wrong", fatal_retry=600.0), rec)
         task = asyncio.create_task(client.run())
         await rec.wait(lambda: client.status.next_retry_in is not None)
-        started = time.monotonic()
+        started = now()
         await client.stop()
         await asyncio.wait_for(task, 1.0)
-        assert time.monotonic() - started < 0.5
+        assert now() - started < 0.5
 
 
 async def test_secret_never_in_logs_or_repr(market: Market, caplog: pytest.LogCaptureFixture) -> None:
@@ -591,7 +641,8 @@ async def test_secret_never_in_logs_or_repr(market: Market, caplog: pytest.LogCa
         assert SECRET not in repr(config)
         assert KEY not in repr(config)
         async with running(config) as (client, rec):
-            await rec.wait(lambda: "auth_failed" in rec.errors())
+            # Until the retry is scheduled: the failure's log line comes just before it.
+            await rec.wait(lambda: "auth_failed" in rec.errors() and client.status.next_retry_in is not None)
             assert SECRET not in repr(client.status)
     # Our side only: the simulator (a test server) logs the frames it receives at DEBUG.
     ours = [r for r in caplog.records if not r.name.startswith("exporter.sim")]

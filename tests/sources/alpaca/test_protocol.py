@@ -13,7 +13,6 @@ from exporter.core.events import ALPACA_ERROR_TYPES
 from exporter.sources.alpaca import protocol
 from exporter.sources.alpaca.codec import SubscriptionAck
 from exporter.sources.alpaca.protocol import (
-    Backoff,
     Policy,
     ReconnectPolicy,
     RetrySettings,
@@ -161,35 +160,6 @@ def test_ack_wildcard_is_a_symbol_like_any_other() -> None:
 def _seq(*values: float) -> Callable[[], float]:
     it: Iterator[float] = itertools.cycle(values)
     return lambda: next(it)
-
-
-def test_backoff_equal_jitter_bounds_and_cap() -> None:
-    low = Backoff(1.0, 8.0, jitter="equal", rng=_seq(0.0))
-    assert [low.next_delay() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
-    high = Backoff(1.0, 8.0, jitter="equal", rng=_seq(0.999999))
-    delays = [high.next_delay() for _ in range(6)]
-    assert delays == pytest.approx([1.0, 2.0, 4.0, 8.0, 8.0, 8.0], rel=1e-5)
-
-
-def test_backoff_full_jitter() -> None:
-    backoff = Backoff(2.0, 10.0, jitter="full", rng=_seq(0.5))
-    assert [backoff.next_delay() for _ in range(5)] == [1.0, 2.0, 4.0, 5.0, 5.0]
-
-
-def test_backoff_reset_and_long_outages() -> None:
-    backoff = Backoff(1.0, 60.0, rng=_seq(0.0))
-    for _ in range(10_000):  # the exponent is bounded: no overflow after a very long outage
-        backoff.next_delay()
-    assert backoff.next_delay() == 30.0
-    backoff.reset()
-    assert backoff.attempt == 0
-    assert backoff.next_delay() == 0.5
-
-
-@pytest.mark.parametrize(("base", "cap"), [(0.0, 1.0), (-1.0, 1.0), (2.0, 1.0)])
-def test_backoff_rejects_bad_bounds(base: float, cap: float) -> None:
-    with pytest.raises(ValueError, match="backoff"):
-        Backoff(base, cap)
 
 
 SETTINGS = RetrySettings(
