@@ -1,10 +1,57 @@
-"""Suite-wide set-up: the Prometheus tools that `scripts/setup.sh --test-tools` unpacks into .tools/bin."""
+"""Suite-wide fixtures. Their code lives in ``tests/support/``; this file only wires it into pytest."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.pki import Pki, make_pki
+from tests.support.prometheus import PrometheusFactory, PrometheusServer, running_prometheus
+from tests.support.stacks import running_stack
 
 _TOOLS = Path(__file__).resolve().parent.parent / ".tools" / "bin"
-if _TOOLS.is_dir():
-    os.environ["PATH"] = f"{_TOOLS}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Put the Prometheus tools that `scripts/setup.sh --test-tools` unpacks into .tools/bin on PATH."""
+    if _TOOLS.is_dir():
+        os.environ["PATH"] = f"{_TOOLS}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusFactory]:
+    """`prometheus_factory(targets, **PrometheusServer kwargs)` → a started server, stopped at teardown."""
+    stack = contextlib.ExitStack()
+
+    def make(targets: Sequence[str], **kwargs: Any) -> PrometheusServer:
+        workdir = tmp_path_factory.mktemp("prometheus")
+        return stack.enter_context(running_prometheus(targets, workdir, **kwargs))
+
+    with stack:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def rstack(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Any]]:
+    """``async with rstack(**knobs) as s``: :func:`~tests.support.stacks.running_stack`, with the
+    exporter's DEBUG records captured for the tests that count log lines."""
+    caplog.set_level(logging.DEBUG, logger="exporter")
+    # The simulator's frame dumps are noise here (not caplog.set_level: that would raise the handler's
+    # level for every logger).
+    sim_logger = logging.getLogger("exporter.sim")
+    previous = sim_logger.level
+    sim_logger.setLevel(logging.WARNING)
+    yield running_stack
+    sim_logger.setLevel(previous)
