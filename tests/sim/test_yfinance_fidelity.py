@@ -54,11 +54,15 @@ class Loopback(HTTPAdapter):
 
 
 @pytest.fixture(scope="module")
-def yf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """yfinance's caches (timezones, cookies) in a temporary directory, not in the user's."""
+def yf_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """yfinance's caches (timezones, cookies) in a temporary directory, not in the user's; its errors
+    raised instead of logged and turned into an empty frame."""
     path = tmp_path_factory.mktemp("yfinance")
     yf.set_tz_cache_location(str(path))
-    return path
+    hide = yf.config.debug.hide_exceptions
+    yf.config.debug.hide_exceptions = False
+    yield path
+    yf.config.debug.hide_exceptions = hide
 
 
 @pytest.fixture
@@ -83,8 +87,6 @@ def session(loopback: Loopback) -> Iterator[requests.Session]:
 
 
 async def history(t: yf.Ticker, **kwargs: Any) -> pd.DataFrame:
-    # Errors raise instead of being logged and turned into an empty frame.
-    yf.config.debug.hide_exceptions = False
     frame: pd.DataFrame = await asyncio.to_thread(t.history, **kwargs)
     return frame
 
