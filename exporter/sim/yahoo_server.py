@@ -698,8 +698,8 @@ class _Wave:
     def bars(self, spans: list[tuple[int, int]], *, holes: bool, null_last: bool) -> dict[str, list[Any]]:
         at, last_trade = self.at, self.last_trade
         opens = [at(start) for start, _ in spans]
-        closes = [at(min(end, last_trade)) for _, end in spans]
-        closes[-1] = self.price
+        # The bar holding the last trade closes at the live price; a window that ends earlier does not.
+        closes = [self.price if end >= last_trade else at(end) for _, end in spans]
         quote: dict[str, list[Any]] = {"open": [], "high": [], "low": [], "close": [], "volume": []}
         last = len(spans) - 1
         for i, (start, end) in enumerate(spans):

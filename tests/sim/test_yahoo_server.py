@@ -534,6 +534,10 @@ async def test_period1_period2_window(client: httpx.AsyncClient) -> None:
     window = {"period1": str(ny(0, day=date(2026, 1, 5))), "period2": str(ny(0, day=date(2026, 1, 10)))}
     result = result_of(await client.get(CHART + "AAPL", params={"interval": "1d", **window}))
     assert [local(ts).date() for ts in result["timestamp"]] == [date(2026, 1, d) for d in range(5, 10)]
+    # The same sessions' bars as in a year's range: a window in the past does not end at the live price.
+    year = result_of(await chart(client, interval="1d", range="1y"))
+    index = year["timestamp"].index(result["timestamp"][0])
+    assert year["indicators"]["quote"][0]["close"][index : index + 5] == result["indicators"]["quote"][0]["close"]
     hourly = result_of(await client.get(CHART + "AAPL", params={"interval": "1h", **window}))["timestamp"]
     assert len(hourly) == 5 * 7
     # A window with no session in it: no bars, as Yahoo answers (no timestamp key).
