@@ -34,7 +34,7 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
     path.write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
@@ -94,7 +94,7 @@ def make_pki(d: Path) -> Pki:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = _issue(who, ca_cert.subject, ca_key, key, ca=False, usage=usage)
         (d / f"{who}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(d / f"{who}.key", key)
+        write_key(d / f"{who}.key", key)
     return Pki(d, d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key")
 
 
