@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -19,9 +20,23 @@ _TOOLS = Path(__file__).resolve().parent.parent / ".tools" / "bin"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Put the Prometheus tools that `scripts/setup.sh --test-tools` unpacks into .tools/bin on PATH."""
+    """Put the Prometheus tools that `scripts/setup.sh --test-tools` unpacks into .tools/bin on PATH.
+
+    Then declare "no current event loop": pytest-asyncio (1.5) asks for the current loop around the sync
+    fixtures of async tests, and Python 3.11 answers that question by creating a loop nobody closes,
+    until the garbage collector reports it as an unclosed loop in whatever test is running then
+    (pytest-dev/pytest-asyncio#724). After ``set_event_loop(None)`` the question raises instead.
+
+    asyncio debug mode (``asyncio_debug`` in pyproject.toml) raises on calls from the wrong thread,
+    adds where-created tracebacks to never-awaited coroutines and unclosed transports (errors here, as
+    every warning is) and logs exceptions nobody retrieved (ERROR). Its INFO/DEBUG chatter (servers
+    serving, connections accepted) and its slow-callback WARNINGs (a timing, on a shared 2-core machine)
+    would land in the records of tests that read their logs, so the ``asyncio`` logger starts at ERROR.
+    """
     if _TOOLS.is_dir():
         os.environ["PATH"] = f"{_TOOLS}{os.pathsep}{os.environ.get('PATH', '')}"
+    asyncio.set_event_loop(None)
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
 
 
 @pytest.fixture
