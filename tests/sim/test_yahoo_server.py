@@ -240,15 +240,15 @@ async def test_rate_limit_for_seconds_with_retry_after(client: httpx.AsyncClient
 
 
 async def test_token_bucket_once_tripped_stays_429(client: httpx.AsyncClient, sim: YahooSimulator) -> None:
-    sim.rate_limit_bucket(rate=10.0, burst=3, trip_seconds=0.5, retry_after=2)
-    statuses = [(await chart(client)).status_code for _ in range(4)]
+    sim.rate_limit_bucket(rate=2.0, burst=3, trip_seconds=1.0, retry_after=2)
+    statuses = [(await chart(client)).status_code for _ in range(4)]  # within the 0.5 s a token takes
     assert statuses == [200, 200, 200, 429]
-    # The refill (10/s) would allow requests again after 0.1 s, but a tripped bucket stays tripped.
-    await asyncio.sleep(0.2)
+    # The refill (2/s) would allow a request again after 0.5 s, but a tripped bucket stays tripped.
+    await asyncio.sleep(0.6)
     r = await chart(client)
     assert r.status_code == 429
     assert r.headers["retry-after"] == "2"
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(0.5)
     assert (await chart(client)).status_code == 200
 
 
