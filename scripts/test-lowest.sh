@@ -20,6 +20,7 @@ if [ ! -f "$stamp" ]; then
 fi
 echo "lowest runtime versions: $(grep -iE '^(prometheus.client|websockets|httpx|pydantic|pydantic.settings|msgspec|httptools|uvicorn|aiohttp|pyyaml|bcrypt|tzdata)==' "$venv/lowest.txt" | tr '\n' ' ')"
 # Not here: end-to-end and ops tests (they exercise Prometheus' tools and the image, not the library
-# versions), and the tools' tests (the `tools` extra is not part of the lowest install).
+# versions), and the tests of the tools and of the SDKs' fidelity (their extras are not in the lowest install).
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests \
-  --ignore=tests/e2e --ignore=tests/ops --ignore=tests/test_bench.py --ignore=tests/sim/test_sdk_fidelity.py "$@"
+  --ignore=tests/e2e --ignore=tests/ops --ignore=tests/test_bench.py --ignore=tests/sim/test_sdk_fidelity.py \
+  --ignore=tests/sim/test_yfinance_fidelity.py "$@"

@@ -15,7 +15,7 @@ import pytest
 from exporter.app import Daemon
 from tests.e2e import test_process
 from tests.e2e.test_process import _env, _spawn
-from tests.reliability.conftest import fast_settings
+from tests.support.stacks import fast_settings
 
 sims = test_process.sims  # the process tests' simulator pair (a fixture)
 

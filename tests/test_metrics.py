@@ -16,7 +16,7 @@ from exporter.core.events import DependencyLatency, FallbackPoll, PrimaryControl
 from exporter.core.messages import Unknown
 from exporter.core.router import Core, CoreConfig
 from exporter.metrics import build_registry
-from tests.core.conftest import Harness
+from tests.support.core import Harness
 
 # Written from CONTRACT section 5, not imported from the code: exposed name -> (type, label names).
 CONTRACT: dict[str, tuple[str, frozenset[str]]] = {

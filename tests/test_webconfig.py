@@ -5,112 +5,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
-import datetime as dt
-import ipaddress
 import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import bcrypt
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exporter import web as xweb
 from exporter import webconfig
 from exporter.webconfig import WebConfig, load_web_config
-
-PASSWORD = "correct horse battery staple"
-# Cost 4 (bcrypt's minimum) keeps the tests fast; production hashes use 10-12.
-TLS_BASE = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n"
-HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
-
-
-@dataclass
-class Pki:
-    dir: Path
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-
-
-def _issue(
-    subject: str,
-    issuer_name: x509.Name,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool,
-    usage: x509.ObjectIdentifier | None = None,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    else:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        ).add_extension(x509.ExtendedKeyUsage([usage or ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A throw-away CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
-    d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _issue("test CA", _name("test CA"), ca_key, ca_key, ca=True)
-    (d / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    for who, usage in (("server", ExtendedKeyUsageOID.SERVER_AUTH), ("client", ExtendedKeyUsageOID.CLIENT_AUTH)):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(who, ca_cert.subject, ca_key, key, ca=False, usage=usage)
-        (d / f"{who}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(d / f"{who}.key", key)
-    return Pki(d, d / "ca.crt", d / "server.crt", d / "server.key", d / "client.crt", d / "client.key")
+from tests.support.pki import HASH, PASSWORD, TLS_BASE, Pki, client_context, write_key
 
 
 def write_config(directory: Path, text: str, name: str = "web.yml") -> Path:
@@ -140,13 +50,6 @@ async def serve_app(config: WebConfig) -> AsyncIterator[tuple[str, xweb.App]]:
         yield f"{scheme}://127.0.0.1:{xweb.bound_port(runner)}", app
     finally:
         await xweb.stop_server(runner)
-
-
-def client_context(pki: Pki, *, with_cert: bool = False) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(pki.ca))
-    if with_cert:
-        ctx.load_cert_chain(pki.client_cert, pki.client_key)
-    return ctx
 
 
 # --------------------------------------------------------------------------------------------------
@@ -347,7 +250,7 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 def test_mismatched_key_and_garbage_cert(pki: Pki, tmp_path: Path) -> None:
     other = ec.generate_private_key(ec.SECP256R1())
-    _write_key(tmp_path / "other.key", other)
+    write_key(tmp_path / "other.key", other)
     path = write_config(
         tmp_path, f"tls_server_config:\n  cert_file: {pki.server_cert}\n  key_file: other.key\n", "mismatch.yml"
     )

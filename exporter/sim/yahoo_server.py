@@ -3,10 +3,20 @@
 It answers ``GET /v8/finance/chart/{symbol}`` with the envelope and meta fields Yahoo sends (see
 ``yahoo.md`` §2): int epoch seconds, ``gmtoffset`` in seconds, ``currentTradingPeriod`` for the current
 exchange date computed with ``zoneinfo`` (DST-correct), ``tradingPeriods`` only for intraday intervals,
-OHLCV arrays with null holes, and Yahoo's headers (``content-type: application/json;charset=utf-8``,
+and Yahoo's headers (``content-type: application/json;charset=utf-8``,
 ``cache-control: public, max-age=10, stale-while-revalidate=20``). Prices come from the shared
 :class:`~exporter.sim.market.Market`, so the Alpaca simulator built on the same instance agrees on
 prices within the spread.
+
+Bars follow the exchange's sessions (the NYSE calendar of :mod:`exporter.core.market_hours`: weekends,
+holidays, 13:00 early closes) at every granularity Yahoo serves: intraday bars from the session open
+(1m with null holes, as Yahoo has), one daily bar per session stamped at its open, weekly, monthly,
+quarterly and 5-session bars stamped at the open of their first session, for a ``range`` or a
+``period1``/``period2`` window; ``range=1y&interval=1d`` is about 250 bars. During the regular session
+``regularMarketTime`` and the last bar are "now"; outside it they stay in the last session (its close),
+as Yahoo's do. The series is a deterministic wave per symbol that ends at the live price, so
+``close[-1] == regularMarketPrice``; outside the session the price still follows the shared market
+(the Alpaca simulator keeps trading at every hour).
 
 Faults are scripted through methods (each bounded by a request count and/or a duration, optionally
 limited to some symbols): 429 bursts with or without ``Retry-After``, a token bucket that once tripped
@@ -19,9 +29,11 @@ monotonic arrival time and final status, so tests can assert User-Agent, spacing
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import math
 import secrets
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -31,6 +43,7 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from exporter.core.market_hours import is_trading_day, nyse_early_closes
 from exporter.sim.market import Market
 from exporter.timers import LoopTimers
 
@@ -54,7 +67,20 @@ VALID_INTERVALS: tuple[str, ...] = (
     "1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h", "1d", "5d", "1wk", "1mo", "3mo",
 )  # fmt: skip
 VALID_RANGES: tuple[str, ...] = ("1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max")
-_INTRADAY = frozenset({"1m", "2m", "5m", "15m", "30m", "60m", "90m", "1h"})
+_INTRADAY_SECONDS: dict[str, int] = {
+    "1m": 60, "2m": 120, "5m": 300, "15m": 900, "30m": 1800, "60m": 3600, "90m": 5400, "1h": 3600,
+}  # fmt: skip
+# Daily and longer bars: sessions grouped by day, 5 sessions, ISO week, month, quarter.
+_GROUPS: dict[str, Callable[[date, int], object]] = {
+    "1d": lambda day, index: day,
+    "5d": lambda day, index: index // 5,  # ``index`` counts sessions back from the last one
+    "1wk": lambda day, index: day.isocalendar()[:2],
+    "1mo": lambda day, index: (day.year, day.month),
+    "3mo": lambda day, index: (day.year, (day.month - 1) // 3),
+}
+_RANGE_SESSIONS: dict[str, int] = {"1d": 1, "5d": 5}
+_RANGE_MONTHS: dict[str, int] = {"1mo": 1, "3mo": 3, "6mo": 6, "1y": 12, "2y": 24, "5y": 60, "10y": 120}
+FIRST_TRADE_DATE = 345479400  # 1980-12-12 14:30 UTC, the meta field of the fixture (and ``range=max``'s start)
 _RANGE_DAYS: dict[str, float] = {
     "1d": 1, "5d": 5, "1mo": 31, "3mo": 92, "6mo": 183, "1y": 366, "2y": 731, "5y": 1827,
     "10y": 3653, "ytd": 366, "max": math.inf,
@@ -129,10 +155,11 @@ class _Bucket:
 class YahooSimulator:
     """Serve Yahoo's v8 chart endpoint on loopback from a shared :class:`Market`.
 
-    ``clock`` gives the wall time (Unix seconds) used for ``regularMarketTime`` and the trading periods;
-    it defaults to the market's clock. Symbols the market does not know, or marked with
-    :meth:`add_unknown`, answer Yahoo's 404. Use as ``async with YahooSimulator(market) as sim:`` or
-    call :meth:`start` / :meth:`stop`; :attr:`url` is the base URL to give the poller.
+    ``clock`` gives the wall time (Unix seconds) used for ``regularMarketTime``, the sessions and the
+    bars; it defaults to the market's clock. ``timezone`` is the exchange's (the calendar is NYSE's).
+    Symbols the market does not know, or marked with :meth:`add_unknown`, answer Yahoo's 404. Use as
+    ``async with YahooSimulator(market) as sim:`` or call :meth:`start` / :meth:`stop`; :attr:`url` is
+    the base URL to give the poller.
     """
 
     def __init__(
@@ -143,7 +170,6 @@ class YahooSimulator:
         *,
         clock: Callable[[], float] | None = None,
         timezone: str = "America/New_York",
-        bars: int = 30,
         max_log: int = 100_000,
     ) -> None:
         self.market = market
@@ -152,7 +178,6 @@ class YahooSimulator:
         self.clock: Callable[[], float] = clock or market.now  # settable: tests move the day
         self._tz = ZoneInfo(timezone)
         self._tz_name = timezone
-        self._bars = max(1, bars)
         self._max_log = max_log
         self.requests: list[SimRequest] = []
         self._faults: list[_Fault] = []
@@ -163,6 +188,7 @@ class YahooSimulator:
         self._spike: dict[str, float] = {}
         self._unknown: set[str] = set()
         self._runner: web.AppRunner | None = None
+        self._session_cache: dict[date, _Session] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -421,52 +447,119 @@ class YahooSimulator:
         return None
 
     def _chart_response(self, request: web.Request, symbol: str) -> web.Response:
-        interval = request.query.get("interval", "1d")
-        range_ = request.query.get("range", "1d")
-        problem = _check_params(interval, range_)
+        query = request.query
+        interval = query.get("interval", "1d")
+        range_ = query.get("range", "1d")
+        window: tuple[int, int] | None = None
+        if "period1" in query or "period2" in query:  # Yahoo then ignores ``range``
+            try:
+                window = (int(query.get("period1", FIRST_TRADE_DATE)), int(query.get("period2", int(self.clock()))))
+            except ValueError:
+                return _chart_error(422, "Unprocessable Entity", "Invalid input - period1 and period2 must be integers")
+            range_ = ""
+        problem = _check_params(interval, range_, window, self.clock())
         if problem is not None:
             return _chart_error(422, "Unprocessable Entity", problem)
         if symbol in self._unknown or symbol not in self.market.symbols:
             return _chart_error(404, "Not Found", "No data found, symbol may be delisted")
-        include_pre_post = request.query.get("includePrePost", "false").lower() == "true"
-        body = self.chart_body(symbol, interval=interval, range_=range_, include_pre_post=include_pre_post)
+        include_pre_post = query.get("includePrePost", "false").lower() == "true"
+        body = self.chart_body(
+            symbol, interval=interval, range_=range_, window=window, include_pre_post=include_pre_post
+        )
         # allow_nan: the "nan_price" shape deliberately writes a bare NaN literal.
         data = json.dumps(body, separators=(",", ":"), allow_nan=True).encode()
         return _response(200, data, CHART_CONTENT_TYPE, {})
 
-    # ------------------------------------------------------------------ the chart envelope
+    # ------------------------------------------------------------------ sessions
+
+    def _at(self, day: date, hour: int, minute: int = 0) -> int:
+        return int(datetime(day.year, day.month, day.day, hour, minute, tzinfo=self._tz).timestamp())
+
+    def _session(self, day: date) -> _Session:
+        """Pre 04:00, regular 09:30-16:00 (13:00 on early closes), post for four hours after the close."""
+        session = self._session_cache.get(day)
+        if session is None:
+            close = 13 if day in nyse_early_closes(day.year) else 16
+            at = self._at
+            session = _Session(day, at(day, 4), at(day, 9, 30), at(day, close), at(day, close + 4))
+            self._session_cache[day] = session  # a few thousand days at most (range=max)
+        return session
+
+    def _current_session(self, now: float) -> _Session:
+        """The session of the exchange's current date, or of the last trading day before it (weekends,
+        holidays), as ``currentTradingPeriod`` shows it."""
+        return self._session(_trading_day_on_or_before(datetime.fromtimestamp(now, self._tz).date()))
+
+    def last_session(self, now: float | None = None) -> _Session:
+        """The latest session that has opened by ``now`` (today's once 09:30 has passed)."""
+        t = self.clock() if now is None else now
+        session = self._current_session(t)
+        if t < session.open:
+            session = self._session(_trading_day_on_or_before(session.day - timedelta(days=1)))
+        return session
+
+    def market_time(self, now: float | None = None) -> int:
+        """``regularMarketTime``: now during the regular session, else the last session's close."""
+        t = self.clock() if now is None else now
+        return min(int(t), self.last_session(t).close)
+
+    def _sessions(self, last: _Session, range_: str, window: tuple[int, int] | None) -> list[_Session]:
+        """The sessions a ``range`` (or a ``period1``/``period2`` window) covers, oldest first."""
+        count = _RANGE_SESSIONS.get(range_)
+        months = _RANGE_MONTHS.get(range_)
+        listed = datetime.fromtimestamp(FIRST_TRADE_DATE, self._tz).date()
+        if window is not None:
+            first = datetime.fromtimestamp(window[0], self._tz).date()
+        elif months is not None:
+            first = _months_before(last.day, months) + timedelta(days=1)
+        elif range_ == "ytd":
+            first = date(last.day.year, 1, 1)
+        else:  # "max", or a count of sessions
+            first = listed
+        first = max(first, listed)  # nothing before the first trade
+        days: list[date] = []
+        day = last.day
+        while day >= first and (count is None or len(days) < count):
+            if is_trading_day(day):
+                days.append(day)
+            day -= timedelta(days=1)
+        return [self._session(d) for d in reversed(days)]
 
     def trading_periods(self, now: float | None = None) -> dict[str, dict[str, Any]]:
-        """``currentTradingPeriod`` (pre 04:00, regular 09:30-16:00, post until 20:00 exchange time).
-
-        The date is the exchange's current date, or the last weekday before it at weekends (as Yahoo
-        shows the last session); holidays are not modelled.
-        """
-        t = self.clock() if now is None else now
-        day = datetime.fromtimestamp(t, self._tz).date()
-        while day.weekday() >= 5:
-            day -= timedelta(days=1)
+        """``currentTradingPeriod`` (pre 04:00, regular 09:30-16:00, post until 20:00 exchange time) of the
+        exchange's current date, or of the last trading day before it (as Yahoo shows the last session)."""
+        session = self._current_session(self.clock() if now is None else now)
         return {
-            "pre": self._period(day, (4, 0), (9, 30)),
-            "regular": self._period(day, (9, 30), (16, 0)),
-            "post": self._period(day, (16, 0), (20, 0)),
+            "pre": self._period(session.pre, session.open),
+            "regular": self._period(session.open, session.close),
+            "post": self._period(session.close, session.post),
         }
 
-    def _period(self, day: date, start: tuple[int, int], end: tuple[int, int]) -> dict[str, Any]:
-        s = datetime(day.year, day.month, day.day, start[0], start[1], tzinfo=self._tz)
-        e = datetime(day.year, day.month, day.day, end[0], end[1], tzinfo=self._tz)
-        offset = s.utcoffset()
+    def _period(self, start: int, end: int) -> dict[str, Any]:
+        local = datetime.fromtimestamp(start, self._tz)
+        offset = local.utcoffset()
         return {
-            "timezone": s.tzname(),
-            "start": int(s.timestamp()),
-            "end": int(e.timestamp()),
+            "timezone": local.tzname(),
+            "start": start,
+            "end": end,
             "gmtoffset": int(offset.total_seconds()) if offset is not None else 0,
         }
 
+    # ------------------------------------------------------------------ the chart envelope
+
     def chart_body(
-        self, symbol: str, *, interval: str = "1m", range_: str = "1d", include_pre_post: bool = False
+        self,
+        symbol: str,
+        *,
+        interval: str = "1m",
+        range_: str = "1d",
+        window: tuple[int, int] | None = None,
+        include_pre_post: bool = False,
     ) -> dict[str, Any]:
-        """The JSON document a 200 answer carries for ``symbol`` (faults and shapes applied)."""
+        """The JSON document a 200 answer carries for ``symbol`` (faults and shapes applied).
+
+        ``window``: ``(period1, period2)`` in Unix seconds instead of ``range_``.
+        """
         shape = self._shapes.get(symbol, "normal")
         if shape == "chart_null":
             return {"chart": None}
@@ -479,12 +572,15 @@ class YahooSimulator:
         override = self._price_override.get(symbol)
         price = override if override is not None else self.market.price(symbol)
         price = round(price * self._spike.get(symbol, 1.0), 4)
-        market_time = self._frozen.get(symbol, int(now))
+        last_trade = self.market_time(now)
         local = datetime.fromtimestamp(now, self._tz)
         offset = local.utcoffset()
         periods = self.trading_periods(now)
         regular = periods["regular"]
-        previous_close = round(price * 0.995, 2)
+        wave = _Wave(symbol, price, last_trade)
+        spans = self._bar_spans(interval, range_, window, now, include_pre_post)
+        # The close before the first bar of the range (yahoo.md §2's trap: not yesterday's close).
+        previous_close = wave.at(spans[0][0] - 1) if spans else price
 
         meta: dict[str, Any] = {
             "currency": "USD",
@@ -492,8 +588,8 @@ class YahooSimulator:
             "exchangeName": "NMS",
             "fullExchangeName": "NasdaqGS",
             "instrumentType": "EQUITY",
-            "firstTradeDate": 345479400,
-            "regularMarketTime": market_time,
+            "firstTradeDate": FIRST_TRADE_DATE,
+            "regularMarketTime": self._frozen.get(symbol, last_trade),
             "hasPrePostMarketData": True,
             "gmtoffset": int(offset.total_seconds()) if offset is not None else 0,
             "timezone": local.tzname(),
@@ -507,12 +603,13 @@ class YahooSimulator:
             "longName": f"{symbol} Corp",
             "shortName": f"{symbol} Corp",
             "chartPreviousClose": previous_close,
-            "previousClose": previous_close,
-            "scale": 3,
-            "priceHint": 2,
-            "currentTradingPeriod": periods,
         }
-        if interval in _INTRADAY:
+        if range_ == "1d":  # optional fields, typically present with range=1d only (yahoo.md §2)
+            meta["previousClose"] = previous_close
+            meta["scale"] = 3
+        meta["priceHint"] = 2
+        meta["currentTradingPeriod"] = periods
+        if interval in _INTRADAY_SECONDS:
             meta["tradingPeriods"] = (
                 {"pre": [[periods["pre"]]], "regular": [[regular]], "post": [[periods["post"]]]}
                 if include_pre_post
@@ -531,34 +628,108 @@ class YahooSimulator:
             meta["regularMarketPrice"] = math.nan
 
         result: dict[str, Any] = {"meta": meta}
-        if shape == "no_bars":
-            meta["currency"] = None
-            result["indicators"] = {"quote": [{}]}
-        else:
-            timestamps, quote = self._bars_for(price, now, null_last=shape == "null_last_bar")
-            result["timestamp"] = timestamps
-            result["indicators"] = {"quote": [quote]}
+        if shape == "no_bars" or not spans:
+            if shape == "no_bars":
+                meta["currency"] = None
+            result["indicators"] = {"quote": [{}]}  # no bars: no timestamp key either
+            return {"chart": {"result": [result], "error": None}}
+        holes = interval == "1m"  # minutes without a trade
+        quote = wave.bars(spans, holes=holes, null_last=shape == "null_last_bar")
+        result["timestamp"] = [start for start, _ in spans]
+        result["indicators"] = {"quote": [quote]}
+        if interval not in _INTRADAY_SECONDS:
+            result["indicators"]["adjclose"] = [{"adjclose": list(quote["close"])}]
         return {"chart": {"result": [result], "error": None}}
 
-    def _bars_for(self, price: float, now: float, *, null_last: bool) -> tuple[list[int], dict[str, list[Any]]]:
-        """The last minutes' bars ending at ``price``, with a null hole every seventh minute."""
-        minute = int(now) - int(now) % 60
-        timestamps = [minute - 60 * k for k in range(self._bars - 1, -1, -1)]
+    def _bar_spans(
+        self, interval: str, range_: str, window: tuple[int, int] | None, now: float, include_pre_post: bool
+    ) -> list[tuple[int, int]]:
+        """``(start, end)`` of each bar, oldest first; the last one ends at the last trade."""
+        sessions = self._sessions(self.last_session(now), range_, window)
+        spans: list[tuple[int, int]] = []
+        step = _INTRADAY_SECONDS.get(interval)
+        if step is not None:
+            for session in sessions:
+                start, end = (session.pre, session.post) if include_pre_post else (session.open, session.close)
+                for t in range(start, min(end, int(now) + 1), step):
+                    spans.append((t, min(t + step, end)))
+        else:
+            group = _GROUPS[interval]
+            grouped: dict[object, list[_Session]] = {}
+            for index, session in enumerate(sessions):
+                grouped.setdefault(group(session.day, len(sessions) - 1 - index), []).append(session)
+            # Daily and longer bars are stamped at their first session's open (yahoo.md §2).
+            spans = [(members[0].open, members[-1].close) for members in grouped.values()]
+        if window is not None:
+            spans = [span for span in spans if window[0] <= span[0] < window[1]]
+        return spans
+
+
+@dataclass(frozen=True, slots=True)
+class _Session:
+    """One trading day's windows, in Unix seconds."""
+
+    day: date
+    pre: int
+    open: int
+    close: int
+    post: int
+
+
+class _Wave:
+    """A symbol's past prices: a deterministic sum of slow waves that ends at the live ``price`` at
+    ``last_trade``, so the bars are the same from one request to the next and ``close[-1]`` is the price.
+
+    Terms: an hour's ripple, a day's swing, two weeks' and half a year's trend; scaled to about
+    +-0.75 % within a day and +-7 % over months.
+    """
+
+    def __init__(self, symbol: str, price: float, last_trade: int) -> None:
+        self.price = price
+        self.last_trade = last_trade
+        self._phase = zlib.crc32(symbol.encode()) % 10_000_000
+        self._end = self._level(last_trade)
+
+    def _level(self, t: float) -> float:
+        x = t + self._phase
+        sin = math.sin
+        return 0.15 * sin(x / 3_571) + 0.3 * sin(x / 104_729) + sin(x / 1_299_709) + 1.5 * sin(x / 15_485_863)
+
+    def at(self, t: float) -> float:
+        return round(self.price * math.exp(0.05 * (self._level(t) - self._end)), 2)
+
+    def bars(self, spans: list[tuple[int, int]], *, holes: bool, null_last: bool) -> dict[str, list[Any]]:
+        at, last_trade = self.at, self.last_trade
+        opens = [at(start) for start, _ in spans]
+        # The bar holding the last trade closes at the live price; a window that ends earlier does not.
+        closes = [self.price if end >= last_trade else at(end) for _, end in spans]
         quote: dict[str, list[Any]] = {"open": [], "high": [], "low": [], "close": [], "volume": []}
-        for i, ts in enumerate(timestamps):
-            last = i == len(timestamps) - 1
-            if (null_last and last) or (not last and (ts // 60) % 7 == 3):
+        last = len(spans) - 1
+        for i, (start, end) in enumerate(spans):
+            if (null_last and i == last) or (holes and 0 < i < last and (start // 60) % 7 == 3):
                 for values in quote.values():
                     values.append(None)
                 continue
-            close = price if last else round(price * (1 + 0.0008 * math.sin(ts / 60.0)), 2)
-            open_ = round(close * (1 - 0.0003 * math.cos(ts / 60.0)), 2)
+            open_, close = opens[i], closes[i]
+            minutes = max(1, (min(end, last_trade) - start) // 60)
+            reach = 0.0002 * math.sqrt(minutes)  # wider bars have a wider high-low range
             quote["open"].append(open_)
-            quote["high"].append(round(max(open_, close) * 1.0004, 2))
-            quote["low"].append(round(min(open_, close) * 0.9996, 2))
+            quote["high"].append(round(max(open_, close) * (1 + reach), 2))
+            quote["low"].append(round(min(open_, close) * (1 - reach), 2))
             quote["close"].append(close)
-            quote["volume"].append(100 * (1 + (ts // 60) % 50))
-        return timestamps, quote
+            quote["volume"].append(int(minutes * (2500 + 1500 * math.sin(start / 86_413))))
+        return quote
+
+
+def _trading_day_on_or_before(day: date) -> date:
+    while not is_trading_day(day):
+        day -= timedelta(days=1)
+    return day
+
+
+def _months_before(day: date, months: int) -> date:
+    year, month = divmod(day.year * 12 + day.month - 1 - months, 12)
+    return date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
 
 
 def _retry_after_text(value: float | str) -> str:
@@ -567,16 +738,26 @@ def _retry_after_text(value: float | str) -> str:
     return str(max(0, math.ceil(value)))
 
 
-def _check_params(interval: str, range_: str) -> str | None:
+def _check_params(interval: str, range_: str, window: tuple[int, int] | None, now: float) -> str | None:
     if interval not in VALID_INTERVALS:
         return f"Invalid input - interval={interval} is not supported. Valid intervals: " + ",".join(VALID_INTERVALS)
-    if range_ not in VALID_RANGES:
+    if window is None and range_ not in VALID_RANGES:
         return f"Invalid input - range={range_} is not supported. Valid ranges: " + ",".join(VALID_RANGES)
+    if window is not None and window[0] > window[1]:
+        return "Invalid input - start date cannot be after end date."
     limit = _INTERVAL_MAX_DAYS.get(interval)
-    if limit is not None and _RANGE_DAYS[range_] > limit:
+    if limit is None:
+        return None
+    if window is None:
+        days, asked = _RANGE_DAYS[range_], f"range={range_}"
+    else:  # 1m: at most 8 days per request; the others: starting within the last ``limit`` days
+        days, asked = ((window[1] if interval == "1m" else now) - window[0]) / 86_400, "the requested period"
+    if days > limit:
         if interval == "1m":
-            return f"{interval} data not available for range={range_}. Only 8 days worth of 1m granularity data are allowed to be fetched per request."  # noqa: E501 - Yahoo's text
-        return f"{interval} data not available for range={range_}. The requested range must be within the last {int(limit)} days."  # noqa: E501 - Yahoo's text
+            return f"{interval} data not available for {asked}. Only 8 days worth of 1m granularity data are allowed to be fetched per request."  # noqa: E501 - Yahoo's text
+        return (
+            f"{interval} data not available for {asked}. The requested range must be within the last {int(limit)} days."
+        )
     return None
 
 

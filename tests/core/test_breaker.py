@@ -8,7 +8,7 @@ import pytest
 
 from exporter.core.breaker import Breaker, BreakerState, Verdict, agrees
 from exporter.core.router import BreakerTripped
-from tests.core.conftest import Harness
+from tests.support.core import Harness
 
 COOLDOWN = 60.0
 

@@ -24,7 +24,7 @@ from exporter.core.messages import (
     utc_from_ns,
 )
 from exporter.core.stats import LATENCY_BUCKETS, Histogram
-from tests.core.conftest import Harness
+from tests.support.core import Harness
 
 SYMBOLS = ("AAPL", "MSFT", "IBM")
 AGES = (-3.0, -0.001, 0.0, 0.05, 0.1, 0.100001, 0.3, 1.0, 4.0, 9.9, 30.0, 90.0)  # 90 s: stale

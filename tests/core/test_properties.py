@@ -23,7 +23,7 @@ from exporter.core.messages import Malformed, Message, Unknown
 from exporter.core.router import Transition
 from exporter.core.stats import VALIDATION_REASONS
 from exporter.metrics import CoreCollector
-from tests.core.conftest import Harness
+from tests.support.core import Harness
 
 SYMS = ("AAPL", "MSFT", "SPY")
 BAD_PRICES = (0.0, -1.0, math.nan, math.inf)

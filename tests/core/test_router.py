@@ -23,7 +23,7 @@ from exporter.core.failover import TRANSITIONS, UPTIME_WINDOW_S, State, Transiti
 from exporter.core.health import PrimaryStale
 from exporter.core.messages import DailyBar, Malformed, TradingStatus, Unknown, UpdatedBar
 from exporter.core.stats import OTHER_SYMBOL, PROCESSING_MS_BUCKETS, K
-from tests.core.conftest import SATURDAY_WALL_S, Harness, only_transition
+from tests.support.core import SATURDAY_WALL_S, Harness, only_transition
 
 P, F, B = State.PRIMARY_ACTIVE, State.FALLBACK_ACTIVE, State.BOTH_UNAVAILABLE
 DAY = 86_400.0

@@ -26,7 +26,7 @@ from exporter.core.messages import (
 )
 from exporter.core.stats import VALIDATION_REASONS
 from exporter.core.validation import bad_price, check_fallback, check_quote, check_trade
-from tests.core.conftest import Harness
+from tests.support.core import Harness
 
 CONTRACT_REASONS = (
     "invalid_price",

@@ -1,19 +1,20 @@
-"""The daemon over real sockets: failover, failback, total outage, exact counting, endpoints."""
+"""The daemon over real sockets: failover, failback, total outage, exact counting, endpoints.
+
+The daemon runs as configured, its own Yahoo poller included (``yahoo_backoff=None``)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import httpx
 import pytest
 
 from exporter.core.router import State
 from exporter.core.stats import MESSAGE_TYPES
+from tests.support.stacks import running_stack
 
 
-async def test_failover_within_seconds_and_failback_after_hysteresis(stack_factory: Any) -> None:
-    async with stack_factory(failback_after_seconds=1.0) as stack, httpx.AsyncClient() as http:
+async def test_failover_within_seconds_and_failback_after_hysteresis() -> None:
+    async with running_stack(failback_after_seconds=1.0, yahoo_backoff=None) as stack:
         await stack.wait_state(State.PRIMARY_ACTIVE)
         await stack.wait_for(lambda: stack.daemon.core.fallback_healthy(stack.daemon.core.clock.monotonic()))
         stack.alpaca.refuse_connections(503)
@@ -23,7 +24,7 @@ async def test_failover_within_seconds_and_failback_after_hysteresis(stack_facto
         core = stack.daemon.core
         assert core.failovers == 1
         assert core.errors["connection_lost"] >= 1
-        assert (await http.get(stack.base + "/readyz")).status_code == 200
+        assert (await stack.http.get(stack.base + "/readyz")).status_code == 200
         # Yahoo now polls at the active rate and its prices are routed.
         await stack.wait_for(lambda: core.routed["yahoo"] > 0, timeout=3.0)
 
@@ -34,13 +35,13 @@ async def test_failover_within_seconds_and_failback_after_hysteresis(stack_facto
         assert core.clock.monotonic() - healthy_at >= 0.95  # the hysteresis held
         assert core.failovers == 1
 
-        status = (await http.get(stack.base + "/status")).json()
+        status = (await stack.http.get(stack.base + "/status")).json()
         assert status["router"]["state"] == "PRIMARY_ACTIVE"
         assert set(status["symbols"]) == {"AAPL", "MSFT", "SPY"}
 
 
-async def test_both_unavailable_then_recovery(stack_factory: Any) -> None:
-    async with stack_factory() as stack, httpx.AsyncClient() as http:
+async def test_both_unavailable_then_recovery() -> None:
+    async with running_stack(yahoo_backoff=None) as stack:
         await stack.wait_state(State.PRIMARY_ACTIVE)
         core = stack.daemon.core
         # A healthy standby first: otherwise a poll still in flight when the outage starts can succeed
@@ -52,20 +53,20 @@ async def test_both_unavailable_then_recovery(stack_factory: Any) -> None:
         stack.alpaca.refuse_connections(503)
         await stack.alpaca.drop_connections(hold_slot=False)
         await stack.wait_state(State.BOTH_UNAVAILABLE, timeout=3.0)
-        assert (await http.get(stack.base + "/readyz")).status_code == 503
-        assert (await http.get(stack.base + "/healthz")).status_code == 200
-        metrics = (await http.get(stack.base + "/metrics")).text
+        assert (await stack.http.get(stack.base + "/readyz")).status_code == 503
+        assert (await stack.http.get(stack.base + "/healthz")).status_code == 200
+        metrics = (await stack.http.get(stack.base + "/metrics")).text
         assert 'datasource_router_state{state="BOTH_UNAVAILABLE"} 2.0' in metrics
 
         stack.alpaca.refuse_connections(None)
         await stack.wait_state(State.PRIMARY_ACTIVE, timeout=5.0)
-        assert (await http.get(stack.base + "/readyz")).status_code == 200
+        assert (await stack.http.get(stack.base + "/readyz")).status_code == 200
         assert core.failovers == 0  # never reached the fallback during this outage
 
 
 @pytest.mark.parametrize("encoding", ["msgpack", "json"])
-async def test_exact_counting_end_to_end(stack_factory: Any, encoding: str) -> None:
-    async with stack_factory(rate=3000.0, batch_size=20, alpaca_encoding=encoding) as stack:
+async def test_exact_counting_end_to_end(encoding: str) -> None:
+    async with running_stack(rate=3000.0, batch_size=20, alpaca_encoding=encoding, yahoo_backoff=None) as stack:
         core = stack.daemon.core
         await stack.wait_state(State.PRIMARY_ACTIVE)
         await stack.wait_for(lambda: core.received["alpaca"] > 2000, timeout=5.0)
@@ -84,23 +85,21 @@ async def test_exact_counting_end_to_end(stack_factory: Any, encoding: str) -> N
         assert sum(counts[k] for k in MESSAGE_TYPES if k in ("trade", "quote")) == data
 
 
-async def test_endpoints_and_metrics_content_negotiation(stack_factory: Any) -> None:
-    async with stack_factory() as stack, httpx.AsyncClient() as http:
+async def test_endpoints_and_metrics_content_negotiation() -> None:
+    async with running_stack(yahoo_backoff=None) as stack:
         await stack.wait_state(State.PRIMARY_ACTIVE)
-        text = await http.get(stack.base + "/metrics")
+        text = await stack.http.get(stack.base + "/metrics")
         assert text.headers["content-type"].startswith("text/plain; version=0.0.4")
         assert "alpaca_messages_received_total" in text.text
-        om = await http.get(stack.base + "/metrics", headers={"Accept": "application/openmetrics-text"})
+        om = await stack.http.get(stack.base + "/metrics", headers={"Accept": "application/openmetrics-text"})
         assert om.headers["content-type"].startswith("application/openmetrics-text")
         assert om.text.rstrip().endswith("# EOF")
-        landing = await http.get(stack.base + "/")
+        landing = await stack.http.get(stack.base + "/")
         assert "/metrics" in landing.text
 
 
-async def test_a_crashing_task_is_logged_counted_and_restarted(
-    stack_factory: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    async with stack_factory() as stack:
+async def test_a_crashing_task_is_logged_counted_and_restarted(caplog: pytest.LogCaptureFixture) -> None:
+    async with running_stack(yahoo_backoff=None) as stack:
         await stack.wait_state(State.PRIMARY_ACTIVE)
         calls = 0
         restarted = asyncio.Event()

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ops.promql import RULE_FILES, all_expressions
-from tests.prometheus_harness import PrometheusServer, free_port, running_prometheus
+from tests.support.prometheus import PrometheusServer, free_port, running_prometheus
+from tests.support.promql import RULE_FILES, all_expressions
 
 pytestmark = pytest.mark.e2e
 

@@ -18,10 +18,7 @@ import pytest
 from exporter.core.messages import Trade
 from exporter.core.router import State
 from exporter.sources.alpaca.codec import BadControl, FrameDecodeError, decode_frame
-from tests.fuzz.test_fuzz import check_core, check_decoded, healthy_core
-from tests.reliability import conftest as reliability
-
-rstack = reliability.rstack  # the fault-injection stack fixture, visible to pytest here
+from tests.support.fuzz import check_core, check_decoded, healthy_core
 
 # Found by test_decoder_only_raises_frame_decode_error: a trade whose symbol is b"\x80APL".
 BAD_UTF8_TRADE = (
@@ -31,7 +28,7 @@ BAD_UTF8_TRADE = (
 GOOD_TRADE = msgspec.msgpack.encode(
     [{"T": "t", "S": "AAPL", "p": 1.0, "t": msgspec.msgpack.Ext(-1, (5).to_bytes(4, "big")), "s": 1}]
 )
-DEEP = {
+DEEP: dict[str, str | bytes] = {
     "json": "[" * 5000 + "]" * 5000,
     "msgpack": b"\x91" * 5000 + b"\x90",
     "json_in_item": '[{"T":"t","S":"AAPL","p":1,"t":"2026-03-10T14:30:00Z","x":' + "[" * 5000 + "]" * 5000 + "}]",

@@ -9,7 +9,6 @@ bounded so the suite stays fast; failing cases found are kept in ``test_corpus.p
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -17,80 +16,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from exporter.core.clock import FakeClock
-from exporter.core.events import FallbackPoll, PrimaryAuthenticated, PrimaryConnection, PrimaryData, PrimarySubscribed
-from exporter.core.messages import (
-    Bar,
-    CancelError,
-    Correction,
-    Imbalance,
-    Luld,
-    Malformed,
-    Quote,
-    Trade,
-    TradingStatus,
-    Unknown,
-)
-from exporter.core.router import Core, CoreConfig
 from exporter.metrics import build_registry
 from exporter.settings import ConfigError, env_name, load_settings
-from exporter.sources.alpaca.codec import (
-    BadControl,
-    ErrorMessage,
-    FrameDecodeError,
-    SubscriptionAck,
-    Success,
-    decode_frame,
-)
-from tests.fuzz.strategies import NOW_NS, SECRETISH, SYMBOLS, frames, settings_values
+from tests.support.fuzz import NOW_NS, SECRETISH, check_core, check_decoded, frames, healthy_core, settings_values
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-TIMED = (Trade, Quote, Bar, TradingStatus, Luld, Correction, CancelError, Imbalance)
-
-
-def check_decoded(frame: str | bytes, encoding: Any) -> list[Any]:
-    """Decode; the only exception allowed is FrameDecodeError. Returns the data messages."""
-    try:
-        decoded = decode_frame(frame, encoding)
-    except FrameDecodeError as exc:
-        detail = str(exc)
-        assert len(detail) < 1000  # a bounded message for the log line
-        return []
-    for message in decoded.messages:
-        assert isinstance(message, (*TIMED, Unknown, Malformed))
-        if isinstance(message, TIMED):
-            assert type(message.t) is datetime
-            assert message.t.utcoffset() is not None  # aware: an age is absolute
-            assert isinstance(message.S, str)
-        else:
-            assert isinstance(message.S, str)
-            assert isinstance(message.T, str)
-    for control in decoded.controls:
-        assert isinstance(control, Success | ErrorMessage | SubscriptionAck | BadControl)
-    return list(decoded.messages)
-
-
-def healthy_core(max_series: int = 500) -> Core:
-    clock = FakeClock(wall_s=NOW_NS / 1e9)
-    core = Core(
-        CoreConfig(symbols=SYMBOLS, stale_after_s=0, market_hours="always", max_symbol_series=max_series), clock
-    )
-    core.handle(PrimaryConnection("Connected", "subscribed"))
-    core.handle(PrimaryAuthenticated(True))
-    core.handle(PrimarySubscribed(frozenset(SYMBOLS)))
-    core.handle(FallbackPoll(True, 5.0))
-    return core
-
-
-def check_core(core: Core, messages: list[Any]) -> None:
-    before = core.received["alpaca"]
-    core.handle(PrimaryData(messages, core.clock.monotonic(), 0.0))
-    assert core.received["alpaca"] == before + len(messages)
-    acc = core.accounting()["alpaca"]
-    assert acc["received"] == acc["routed"] + acc["standby"] + acc["rejected"]
-    counts = core.message_counts()
-    assert sum(n for kind, n in counts.items() if kind != "control") == core.received["alpaca"]
-    assert len(core.series) <= core.config.max_symbol_series
 
 
 @FUZZ
@@ -121,7 +51,8 @@ def _config_problems(values: dict[str, str], *, via_env: bool) -> list[str] | No
                 os.environ[name] = value
             load_settings(env_file=None)
         else:
-            load_settings(env_file=None, **values)
+            fields: dict[str, Any] = dict(values)  # str values, keyword by keyword (not for_run)
+            load_settings(env_file=None, **fields)
     except ConfigError as exc:
         return [*exc.problems, str(exc)]
     finally:

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.ops.promql import CONFIG, load_rule_groups
-from tests.prometheus_harness import free_port
+from tests.support.prometheus import free_port
+from tests.support.promql import CONFIG, load_rule_groups
 
 AM_CONFIG = CONFIG / "alertmanager.yml"
 ALERTS = {rule["alert"]: rule for group in load_rule_groups(CONFIG / "alerts.yml") for rule in group["rules"]}

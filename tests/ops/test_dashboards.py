@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.promql import (
+from tests.support.prometheus import PrometheusServer, running_prometheus
+from tests.support.promql import (
     CONFIG,
     GRAFANA_BUILTINS,
     RULE_FILES,
@@ -24,7 +25,6 @@ from tests.ops.promql import (
     substitute,
     variables_in,
 )
-from tests.prometheus_harness import PrometheusServer, running_prometheus
 
 EXPECTED = {"operations.json", "performance.json", "reliability.json", "business.json"}
 DASHBOARDS = load_dashboards()

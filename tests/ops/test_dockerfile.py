@@ -9,7 +9,6 @@ import json
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+from tests.support.prometheus import free_port
+
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = yaml.safe_load((REPO / "compose.yaml").read_text())
 PROMETHEUS_CONFIG = yaml.safe_load((REPO / "prometheus.yml").read_text())
@@ -169,13 +170,6 @@ def test_dockerignore_keeps_only_the_build_inputs() -> None:
 
 
 # --- the image's install steps, replayed -------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from tests import prometheus_harness
-from tests.prometheus_harness import (
+from tests.support.prometheus import (
     PrometheusFactory,
     PrometheusNotFoundError,
     PrometheusQueryError,
     PrometheusServer,
     find_prometheus,
 )
-
-# The harness's fixture, made visible to pytest in this module (tests request it by name).
-prometheus_factory = prometheus_harness.prometheus_factory
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.ops.promql import CONFIG, REPO, load_rule_groups
+from tests.support import REPO
+from tests.support.promql import CONFIG, load_rule_groups
 
 ALERTS = [rule for group in load_rule_groups(CONFIG / "alerts.yml") for rule in group["rules"]]
 RECORDS = [rule for group in load_rule_groups(CONFIG / "recording_rules.yml") for rule in group["rules"]]

@@ -21,7 +21,7 @@ from exporter.core.events import (
 )
 from exporter.core.messages import Trade, utc_from_ns
 from exporter.core.router import Core, CoreConfig, State
-from tests.reliability.conftest import records
+from tests.support.stacks import records
 
 
 class SteppedClock:

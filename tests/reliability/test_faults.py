@@ -1,8 +1,8 @@
 """One test per network and upstream fault: the daemon keeps serving /metrics, the router takes the right
 state within a stated bound, recovers by itself, counts exactly, and logs each episode once.
 
-Bounds are stated in terms of the (shortened) settings of ``conftest.fast_settings``: ping interval and
-timeout 0.5 s, handshake steps 1 s, reconnect backoff ≤ 0.4 s, 406 floor 0.5 s, failback 0.5 s. Each
+Bounds are stated in terms of the (shortened) settings of ``fast_settings`` (tests/support/stacks.py):
+ping interval and timeout 0.5 s, handshake steps 1 s, reconnect backoff ≤ 0.4 s, 406 floor 0.5 s, failback 0.5 s. Each
 bound carries ~1 s of slack for a loaded CI machine; docs/reliability.md lists them.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from exporter.core.router import State
-from tests.reliability.conftest import RStack, records
+from tests.support.stacks import Stack, records
 
 ALPACA = "exporter.alpaca"
 ROUTER = "exporter.router"
@@ -27,7 +27,7 @@ def transitions(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
     return [(r.previous_state, r.new_state) for r in records(caplog, ROUTER, "router state transition")]
 
 
-def assert_one_line_per_transition(caplog: pytest.LogCaptureFixture, s: RStack) -> None:
+def assert_one_line_per_transition(caplog: pytest.LogCaptureFixture, s: Stack) -> None:
     """The router logs each transition once: as many lines as the state actually changed."""
     seen = transitions(caplog)
     for (_a, b), (c, _d) in itertools.pairwise(seen):

@@ -23,8 +23,8 @@ from exporter.core.router import Core, CoreConfig, State
 from exporter.metrics import build_registry
 from exporter.sim.alpaca_codec import encode
 from exporter.sources.alpaca.client import DEFAULT_MAX_MESSAGE_BYTES
-from tests.prometheus_harness import free_port
-from tests.reliability.conftest import SYMBOLS, fast_settings, records
+from tests.support.prometheus import free_port
+from tests.support.stacks import SYMBOLS, fast_settings, records
 
 
 async def test_frame_above_max_size_drops_the_connection_not_the_daemon(rstack: Any) -> None:

@@ -14,13 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests import prometheus_harness
-from tests.prometheus_harness import PrometheusServer, free_port
-from tests.test_webconfig import HASH, PASSWORD, Pki, pki
-
-__all__ = ["pki"]  # the module-scoped CA fixture, visible to pytest here
-
-prometheus_factory = prometheus_harness.prometheus_factory
+from tests.support.pki import HASH, PASSWORD, Pki
+from tests.support.prometheus import PrometheusFactory, PrometheusServer, free_port
 
 KEY = "PKSCRAPETESTKEY00001"
 SECRET = "scrape-secret-0123456789abcdef0123"
@@ -80,7 +75,7 @@ def protected_exporter(pki: Pki, tmp_path: Path) -> Iterator[int]:
 
 @pytest.mark.e2e
 def test_prometheus_scrapes_over_tls_with_basic_auth_and_anonymous_fails(
-    protected_exporter: int, pki: Pki, prometheus_factory: prometheus_harness.PrometheusFactory
+    protected_exporter: int, pki: Pki, prometheus_factory: PrometheusFactory
 ) -> None:
     target = [f"127.0.0.1:{protected_exporter}"]
     tls = {"ca_file": str(pki.ca)}

@@ -1,18 +1,22 @@
-"""The Yahoo simulator: envelope, headers, trading periods (DST), errors and every scripted fault."""
+"""The Yahoo simulator: envelope, headers, trading periods (DST), bars at every granularity on the exchange's
+sessions, errors and every scripted fault."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
+from exporter.core.market_hours import is_trading_day, nyse_early_closes
 from exporter.sim.market import Market
 from exporter.sim.yahoo_server import (
     CHART_CACHE_CONTROL,
@@ -26,6 +30,16 @@ PARAMS = {"interval": "1m", "range": "1d"}
 T_EDT = 1773153267
 # 2026-03-06 15:00 UTC = 10:00 EST, a Friday before the 2026-03-08 DST switch.
 T_EST = int(datetime(2026, 3, 6, 15, 0, tzinfo=UTC).timestamp())
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def ny(hour: int, minute: int = 0, *, day: date = date(2026, 3, 10)) -> int:
+    """Unix seconds of ``day`` ``hour:minute`` in New York."""
+    return int(datetime(day.year, day.month, day.day, hour, minute, tzinfo=NEW_YORK).timestamp())
+
+
+def local(ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, NEW_YORK)
 
 
 class FixedClock:
@@ -226,15 +240,15 @@ async def test_rate_limit_for_seconds_with_retry_after(client: httpx.AsyncClient
 
 
 async def test_token_bucket_once_tripped_stays_429(client: httpx.AsyncClient, sim: YahooSimulator) -> None:
-    sim.rate_limit_bucket(rate=10.0, burst=3, trip_seconds=0.5, retry_after=2)
-    statuses = [(await chart(client)).status_code for _ in range(4)]
+    sim.rate_limit_bucket(rate=2.0, burst=3, trip_seconds=1.0, retry_after=2)
+    statuses = [(await chart(client)).status_code for _ in range(4)]  # within the 0.5 s a token takes
     assert statuses == [200, 200, 200, 429]
-    # The refill (10/s) would allow requests again after 0.1 s, but a tripped bucket stays tripped.
-    await asyncio.sleep(0.2)
+    # The refill (2/s) would allow a request again after 0.5 s, but a tripped bucket stays tripped.
+    await asyncio.sleep(0.6)
     r = await chart(client)
     assert r.status_code == 429
     assert r.headers["retry-after"] == "2"
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(0.5)
     assert (await chart(client)).status_code == 200
 
 
@@ -383,3 +397,166 @@ async def test_stop_does_not_wait_for_hanging_requests(sim: YahooSimulator) -> N
         assert time.monotonic() - started < 2.0
         with pytest.raises(httpx.HTTPError):
             await request
+
+
+# ------------------------------------------------------------------ bars at every granularity
+
+
+def result_of(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()["chart"]["result"][0]
+    return result
+
+
+async def test_a_year_of_daily_bars(client: httpx.AsyncClient) -> None:
+    """``range=1y&interval=1d``: one bar per trading day (no weekends, no NYSE holidays), stamped at the
+    session open; the last one is today's and closes at the live price."""
+    result = result_of(await chart(client, interval="1d", range="1y"))
+    timestamps = result["timestamp"]
+    days = [local(ts).date() for ts in timestamps]
+    assert len(timestamps) == 251  # 2025-03-11 .. 2026-03-10: 261 weekdays less 10 holidays
+    assert days == sorted(set(days))
+    assert all(is_trading_day(d) for d in days)
+    assert date(2025, 12, 25) not in days
+    assert days[0] == date(2025, 3, 11)
+    assert days[-1] == date(2026, 3, 10)
+    assert all((local(ts).hour, local(ts).minute) == (9, 30) for ts in timestamps)
+    quote = result["indicators"]["quote"][0]
+    assert None not in quote["close"]
+    assert quote["close"][-1] == result["meta"]["regularMarketPrice"]
+    assert result["indicators"]["adjclose"] == [{"adjclose": quote["close"]}]
+    assert "tradingPeriods" not in result["meta"]
+    assert result["meta"]["dataGranularity"] == "1d"
+    assert result["meta"]["range"] == "1y"
+    # The same bars from one request to the next (a deterministic history), the last one live.
+    again = result_of(await chart(client, interval="1d", range="1y"))["indicators"]["quote"][0]
+    assert again["close"][:-1] == quote["close"][:-1]
+
+
+@pytest.mark.parametrize(
+    ("interval", "range_", "step", "sessions"),
+    [("1m", "1d", 60, 1), ("2m", "5d", 120, 5), ("5m", "1mo", 300, 19), ("15m", "5d", 900, 5),
+     ("30m", "5d", 1800, 5), ("60m", "3mo", 3600, 60), ("90m", "5d", 5400, 5), ("1h", "1y", 3600, 251)],
+)  # fmt: skip
+async def test_intraday_bars_run_from_each_session_open(
+    client: httpx.AsyncClient, interval: str, range_: str, step: int, sessions: int
+) -> None:
+    timestamps = result_of(await chart(client, interval=interval, range=range_))["timestamp"]
+    days = sorted({local(ts).date() for ts in timestamps})
+    assert len(days) == sessions
+    assert all(is_trading_day(d) for d in days)
+    for day in days:
+        stamps = [ts for ts in timestamps if local(ts).date() == day]
+        open_ = ny(9, 30, day=day)
+        assert stamps[0] == open_
+        assert all(b - a == step for a, b in itertools.pairwise(stamps))
+        # Up to the close on past days (13:00 on early closes), up to now today (10:34:27).
+        end = T_EDT if day == date(2026, 3, 10) else ny(13 if day in nyse_early_closes(day.year) else 16, day=day)
+        assert stamps[-1] < end <= stamps[-1] + step
+
+
+@pytest.mark.parametrize(
+    ("interval", "range_", "period_of"),
+    [
+        ("1wk", "1y", lambda d: d.isocalendar()[:2]),
+        ("1mo", "2y", lambda d: (d.year, d.month)),
+        ("3mo", "5y", lambda d: (d.year, (d.month - 1) // 3)),
+    ],
+    ids=["1wk", "1mo", "3mo"],
+)
+async def test_longer_bars_open_with_their_first_session(
+    client: httpx.AsyncClient, interval: str, range_: str, period_of: Any
+) -> None:
+    timestamps = result_of(await chart(client, interval=interval, range=range_))["timestamp"]
+    daily = [local(ts).date() for ts in result_of(await chart(client, interval="1d", range=range_))["timestamp"]]
+    firsts: dict[Any, date] = {}
+    for day in daily:
+        firsts.setdefault(period_of(day), day)
+    assert [local(ts) for ts in timestamps] == [local(ny(9, 30, day=d)) for d in firsts.values()]
+
+
+async def test_five_day_bars_group_sessions_back_from_the_last(client: httpx.AsyncClient) -> None:
+    daily = result_of(await chart(client, interval="1d", range="1mo"))["timestamp"]
+    five = result_of(await chart(client, interval="5d", range="1mo"))["timestamp"]
+    # Counted back from the last session in fives, each bar stamped at its oldest session's open.
+    back = list(reversed(daily))
+    assert five == [back[min(g + 4, len(back) - 1)] for g in range(0, len(back), 5)][::-1]
+
+
+@pytest.mark.parametrize(
+    ("when", "last_session", "note"),
+    [
+        (ny(16, 0), date(2026, 3, 10), "at the close"),
+        (ny(19, 30), date(2026, 3, 10), "after hours"),
+        (ny(8, 0, day=date(2026, 3, 11)), date(2026, 3, 10), "pre-market the next day"),
+        (ny(11, 0, day=date(2026, 3, 14)), date(2026, 3, 13), "a Saturday"),
+        (ny(12, 0, day=date(2026, 4, 3)), date(2026, 4, 2), "Good Friday, a holiday"),
+    ],
+    ids=["close", "after-hours", "pre-market", "saturday", "holiday"],
+)
+async def test_outside_the_session_time_and_bars_stay_in_the_last_session(
+    clock: FixedClock, client: httpx.AsyncClient, when: int, last_session: date, note: str
+) -> None:
+    clock.t = when
+    result = result_of(await chart(client))
+    meta = result["meta"]
+    close = ny(16, day=last_session)
+    assert meta["regularMarketTime"] == close, note
+    assert result["timestamp"][-1] == close - 60
+    assert result["timestamp"][0] == ny(9, 30, day=last_session)
+    assert len(result["timestamp"]) == 390
+    assert result["indicators"]["quote"][0]["close"][-1] == meta["regularMarketPrice"]
+    regular = meta["currentTradingPeriod"]["regular"]
+    if note != "pre-market the next day":  # currentTradingPeriod already shows the new day
+        assert regular["start"] <= meta["regularMarketTime"] <= regular["end"]
+    assert local(regular["start"]).date() == (date(2026, 3, 11) if note.startswith("pre") else last_session)
+
+
+async def test_during_the_session_time_and_last_bar_are_now(clock: FixedClock, client: httpx.AsyncClient) -> None:
+    for when in (ny(9, 30), T_EDT, ny(15, 59, day=date(2026, 3, 11)) + 59):
+        clock.t = when
+        result = result_of(await chart(client))
+        assert result["meta"]["regularMarketTime"] == when
+        assert result["timestamp"][-1] == when - when % 60
+
+
+async def test_early_close(clock: FixedClock, client: httpx.AsyncClient) -> None:
+    """The day after Thanksgiving the session ends at 13:00 (and so do its bars and its market time)."""
+    day = date(2026, 11, 27)
+    clock.t = ny(15, 0, day=day)
+    result = result_of(await chart(client))
+    assert result["meta"]["currentTradingPeriod"]["regular"]["end"] == ny(13, day=day)
+    assert result["meta"]["regularMarketTime"] == ny(13, day=day)
+    assert len(result["timestamp"]) == 210
+
+
+async def test_period1_period2_window(client: httpx.AsyncClient) -> None:
+    window = {"period1": str(ny(0, day=date(2026, 1, 5))), "period2": str(ny(0, day=date(2026, 1, 10)))}
+    result = result_of(await client.get(CHART + "AAPL", params={"interval": "1d", **window}))
+    assert [local(ts).date() for ts in result["timestamp"]] == [date(2026, 1, d) for d in range(5, 10)]
+    # The same sessions' bars as in a year's range: a window in the past does not end at the live price.
+    year = result_of(await chart(client, interval="1d", range="1y"))
+    index = year["timestamp"].index(result["timestamp"][0])
+    assert year["indicators"]["quote"][0]["close"][index : index + 5] == result["indicators"]["quote"][0]["close"]
+    hourly = result_of(await client.get(CHART + "AAPL", params={"interval": "1h", **window}))["timestamp"]
+    assert len(hourly) == 5 * 7
+    # A window with no session in it: no bars, as Yahoo answers (no timestamp key).
+    weekend = {"period1": str(ny(0, day=date(2026, 1, 10))), "period2": str(ny(0, day=date(2026, 1, 12)))}
+    empty = result_of(await client.get(CHART + "AAPL", params={"interval": "1d", **weekend}))
+    assert "timestamp" not in empty
+    assert empty["indicators"] == {"quote": [{}]}
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"interval": "1m", "period1": str(T_EDT - 10 * 86_400), "period2": str(T_EDT)}, "Only 8 days"),
+        ({"interval": "5m", "period1": str(T_EDT - 90 * 86_400), "period2": str(T_EDT - 80 * 86_400)}, "60 days"),
+        ({"interval": "1d", "period1": str(T_EDT), "period2": str(T_EDT - 86_400)}, "start date cannot be after"),
+        ({"interval": "1d", "period1": "yesterday"}, "must be integers"),
+    ],
+)
+async def test_bad_window_422(client: httpx.AsyncClient, params: dict[str, str], needle: str) -> None:
+    r = await client.get(CHART + "AAPL", params=params)
+    assert r.status_code == 422
+    assert needle in r.json()["chart"]["error"]["description"]

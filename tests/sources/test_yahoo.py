@@ -143,7 +143,9 @@ def gaps(times: list[float]) -> list[float]:
 
 
 async def test_prices_latency_and_polls(sim: YahooSimulator, market: Market) -> None:
-    h = Harness(sim, ["AAPL", "MSFT"])
+    wall = shifted_wall(T_OPEN)
+    sim.clock = wall  # in the session regularMarketTime is "now" (outside it, the last session's close)
+    h = Harness(sim, ["AAPL", "MSFT"], wall_clock=wall)
     async with h.running():
         await h.until(lambda: len(h.prices("AAPL")) >= 2 and len(h.prices("MSFT")) >= 2)
     assert all(p.ok and p.error is None and p.period_s == 0.2 for p in h.polls)
@@ -151,7 +153,7 @@ async def test_prices_latency_and_polls(sim: YahooSimulator, market: Market) -> 
     # Exact counting: one latency, one poll outcome, one price per request the server saw.
     assert len(latencies) == len(h.polls) == len(h.prices()) == len(sim.requests)
     assert all(e.dependency == "yahoo" and e.method == "poll" and 0 <= e.seconds < 1 for e in latencies)
-    now_ns = time.time_ns()
+    now_ns = int(wall() * 1e9)
     for price in h.prices():
         assert price.price > 0
         assert 0 <= now_ns - price.ts_ns < 5 * 10**9  # regularMarketTime in ns, not receipt time

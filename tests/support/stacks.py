@@ -1,9 +1,11 @@
-"""A fault-injection stack: simulators, an optional fault proxy in front of the Alpaca simulator, and an
-in-process Daemon with timings shortened so each fault plays out in a second or two.
+"""A running daemon stack on 127.0.0.1: both simulators sharing one market, an optional fault proxy in
+front of the Alpaca simulator, and an in-process Daemon with timings shortened so that a fault, a
+failover or a failback plays out in a second or two.
 
-``async with rstack(**settings_overrides) as s`` (knobs: ``proxy``, ``rate``, ``batch_size``,
-``clock``, ``sim`` — extra AlpacaSimulator arguments). Helpers check what every fault test checks:
-/metrics answers, counting is exact, and how many log records an episode produced.
+``async with running_stack(**settings_overrides) as s`` (knobs: ``proxy``, ``rate``, ``batch_size``,
+``clock``, ``sim`` — extra AlpacaSimulator arguments, ``yahoo_backoff``). :class:`Stack`'s helpers check
+what every daemon test checks: /metrics answers, counting is exact. The e2e tests use it as it is; the
+``rstack`` fixture adds the log levels the fault tests read.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,21 +23,34 @@ import pytest
 
 from exporter.app import Daemon, yahoo_config
 from exporter.core.clock import Clock
-from exporter.core.router import State
+from exporter.core.router import Core, State
 from exporter.settings import Settings, load_settings
 from exporter.sim.alpaca_server import AlpacaSimulator
 from exporter.sim.faultproxy import FaultProxy
 from exporter.sim.market import Market
 from exporter.sim.yahoo_server import YahooSimulator
 from exporter.sources.yahoo import YahooPoller
-from tests.stacks import simulators
 
 SYMBOLS = ["AAPL", "MSFT", "SPY"]
-KEY = "PKRELIABILITYKEY0001"
-SECRET = "reliability-secret-0123456789abcdef"
+KEY = "PKSTACKTESTKEY000001"
+SECRET = "stack-secret-0123456789abcdef0123"
+
+
+@contextlib.asynccontextmanager
+async def simulators(
+    symbols: Sequence[str], credentials: tuple[str, str], *, rate: float, batch_size: int, **sim: Any
+) -> AsyncIterator[tuple[Market, AlpacaSimulator, YahooSimulator]]:
+    """Fast test knobs: a short zombie hold, no rare message types, no compression (``sim`` overrides)."""
+    market = Market(symbols, seed=3)
+    knobs: dict[str, Any] = {"zombie_hold": 0.2, "rare_probability": 0.0, "compression": None, **sim}
+    alpaca = AlpacaSimulator(market, credentials=credentials, rate=rate, batch_size=batch_size, **knobs)
+    yahoo = YahooSimulator(market)
+    async with alpaca, yahoo:
+        yield market, alpaca, yahoo
 
 
 def fast_settings(alpaca_url: str, yahoo_url: str, **overrides: Any) -> Settings:
+    """Settings for a daemon on 127.0.0.1 with every timer shortened to a fraction of a second."""
     values: dict[str, Any] = {
         "apca_api_key_id": KEY,
         "apca_api_secret_key": SECRET,
@@ -64,7 +78,7 @@ def fast_settings(alpaca_url: str, yahoo_url: str, **overrides: Any) -> Settings
 
 
 @dataclass
-class RStack:
+class Stack:
     market: Market
     alpaca: AlpacaSimulator
     yahoo: YahooSimulator
@@ -77,14 +91,14 @@ class RStack:
         return f"http://127.0.0.1:{self.daemon.port}"
 
     @property
-    def core(self) -> Any:
+    def core(self) -> Core:
         return self.daemon.core
 
     def now(self) -> float:
         return float(self.core.clock.monotonic())
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
-        """Wait until ``predicate()`` (checking /metrics answers meanwhile); return the seconds it took."""
+        """Wait until ``predicate()``; return the seconds it took."""
         start = time.monotonic()
         try:
             async with asyncio.timeout(timeout):
@@ -147,6 +161,56 @@ class RStack:
         self.alpaca.set_mute(False)
 
 
+@contextlib.asynccontextmanager
+async def running_stack(
+    *,
+    proxy: bool = False,
+    proxy_recv_buffer: int | None = None,
+    rate: float = 300.0,
+    batch_size: int = 5,
+    clock: Clock | None = None,
+    sim: dict[str, Any] | None = None,
+    yahoo_backoff: float | None = 0.3,
+    yahoo: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Stack]:
+    """Start the stack, yield it, stop the daemon (bounded) and the simulators.
+
+    ``yahoo_backoff``: the poller's first backoff. The daemon's own 5 s (yahoo.md) would make every
+    Yahoo fault last seconds; ``None`` keeps the daemon's poller exactly as configured (``yahoo``:
+    other YahooConfig fields to replace).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        market, alpaca, yahoo_sim = await stack.enter_async_context(
+            simulators(SYMBOLS, (KEY, SECRET), rate=rate, batch_size=batch_size, **(sim or {}))
+        )
+        fault: FaultProxy | None = None
+        url = overrides.pop("alpaca_url", alpaca.url("/v2/iex"))
+        if proxy:
+            fault = await stack.enter_async_context(
+                FaultProxy("127.0.0.1", alpaca.port, upstream_recv_buffer=proxy_recv_buffer)
+            )
+            url = fault.url("/v2/iex")
+        settings = fast_settings(url, yahoo_sim.url, **overrides)
+        daemon = Daemon(settings, clock=clock)
+        if yahoo_backoff is not None or yahoo:
+            config = yahoo_config(settings)
+            if yahoo_backoff is not None:
+                config = dataclasses.replace(config, backoff_initial=yahoo_backoff, backoff_max=1.0)
+            config = dataclasses.replace(config, **(yahoo or {}))
+            if daemon.yahoo is not None:
+                await daemon.yahoo.aclose()
+            daemon.yahoo = YahooPoller(config, daemon.queue.put)
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=5.0))
+        runner = asyncio.create_task(daemon.run())
+        await asyncio.wait_for(daemon.wait_started(), 5)
+        try:
+            yield Stack(market, alpaca, yahoo_sim, fault, daemon, http)
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(runner, 8)
+
+
 def records(caplog: pytest.LogCaptureFixture, logger: str, message: str, level: int | None = None) -> list[Any]:
     """Log records of ``logger`` whose message starts with ``message`` (at ``level`` when given)."""
     return [
@@ -154,58 +218,3 @@ def records(caplog: pytest.LogCaptureFixture, logger: str, message: str, level: 
         for r in caplog.records
         if r.name == logger and r.getMessage().startswith(message) and (level is None or r.levelno == level)
     ]
-
-
-@pytest.fixture
-def rstack(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Any]]:
-    caplog.set_level(logging.DEBUG, logger="exporter")
-    # The simulator's frame dumps are noise here (not caplog.set_level: that would raise the handler's
-    # level for every logger).
-    sim_logger = logging.getLogger("exporter.sim")
-    previous = sim_logger.level
-    sim_logger.setLevel(logging.WARNING)
-
-    @contextlib.asynccontextmanager
-    async def make(
-        *,
-        proxy: bool = False,
-        proxy_recv_buffer: int | None = None,
-        rate: float = 300.0,
-        batch_size: int = 5,
-        clock: Clock | None = None,
-        sim: dict[str, Any] | None = None,
-        yahoo_backoff: float = 0.3,
-        yahoo: dict[str, Any] | None = None,
-        **overrides: Any,
-    ) -> AsyncIterator[RStack]:
-        async with contextlib.AsyncExitStack() as stack:
-            market, alpaca, yahoo_sim = await stack.enter_async_context(
-                simulators(SYMBOLS, (KEY, SECRET), rate=rate, batch_size=batch_size, **(sim or {}))
-            )
-            fault: FaultProxy | None = None
-            url = overrides.pop("alpaca_url", alpaca.url("/v2/iex"))
-            if proxy:
-                fault = await stack.enter_async_context(
-                    FaultProxy("127.0.0.1", alpaca.port, upstream_recv_buffer=proxy_recv_buffer)
-                )
-                url = fault.url("/v2/iex")
-            settings = fast_settings(url, yahoo_sim.url, **overrides)
-            daemon = Daemon(settings, clock=clock)
-            # The poller's 5 s first backoff (yahoo.md) would make every Yahoo fault last seconds.
-            config = dataclasses.replace(
-                yahoo_config(settings), backoff_initial=yahoo_backoff, backoff_max=1.0, **(yahoo or {})
-            )
-            if daemon.yahoo is not None:
-                await daemon.yahoo.aclose()
-            daemon.yahoo = YahooPoller(config, daemon.queue.put)
-            http = await stack.enter_async_context(httpx.AsyncClient(timeout=5.0))
-            runner = asyncio.create_task(daemon.run())
-            await asyncio.wait_for(daemon.wait_started(), 5)
-            try:
-                yield RStack(market, alpaca, yahoo_sim, fault, daemon, http)
-            finally:
-                daemon.stop()
-                await asyncio.wait_for(runner, 8)
-
-    yield make
-    sim_logger.setLevel(previous)

@@ -23,7 +23,8 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 CONFIG = REPO / "config"
 DASHBOARDS = CONFIG / "grafana" / "dashboards"
 RULE_FILES = (CONFIG / "recording_rules.yml", CONFIG / "alerts.yml")

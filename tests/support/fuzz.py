@@ -1,13 +1,38 @@
-"""Hypothesis strategies for Alpaca frames (valid and broken) and settings values."""
+"""Hypothesis strategies for Alpaca frames (valid and broken) and settings values, and the checks every
+fuzzed frame must pass (decoder, then the core's accounting)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import msgspec
 from hypothesis import strategies as st
 
+from exporter.core.clock import FakeClock
+from exporter.core.events import FallbackPoll, PrimaryAuthenticated, PrimaryConnection, PrimaryData, PrimarySubscribed
+from exporter.core.messages import (
+    Bar,
+    CancelError,
+    Correction,
+    Imbalance,
+    Luld,
+    Malformed,
+    Quote,
+    Trade,
+    TradingStatus,
+    Unknown,
+)
+from exporter.core.router import Core, CoreConfig
 from exporter.sim.alpaca_codec import encode
+from exporter.sources.alpaca.codec import (
+    BadControl,
+    ErrorMessage,
+    FrameDecodeError,
+    SubscriptionAck,
+    Success,
+    decode_frame,
+)
 
 SYMBOLS = ("AAPL", "MSFT", "SPY")
 NOW_NS = 1_773_153_000_000_000_000
@@ -179,3 +204,51 @@ SETTING_FIELDS = (
     "web_config_file",
 )
 settings_values = st.dictionaries(st.sampled_from(SETTING_FIELDS), setting_text, min_size=1, max_size=6)
+
+
+TIMED = (Trade, Quote, Bar, TradingStatus, Luld, Correction, CancelError, Imbalance)
+
+
+def check_decoded(frame: str | bytes, encoding: Any) -> list[Any]:
+    """Decode; the only exception allowed is FrameDecodeError. Returns the data messages."""
+    try:
+        decoded = decode_frame(frame, encoding)
+    except FrameDecodeError as exc:
+        detail = str(exc)
+        assert len(detail) < 1000  # a bounded message for the log line
+        return []
+    for message in decoded.messages:
+        assert isinstance(message, (*TIMED, Unknown, Malformed))
+        if isinstance(message, TIMED):
+            assert type(message.t) is datetime
+            assert message.t.utcoffset() is not None  # aware: an age is absolute
+            assert isinstance(message.S, str)
+        else:
+            assert isinstance(message.S, str)
+            assert isinstance(message.T, str)
+    for control in decoded.controls:
+        assert isinstance(control, Success | ErrorMessage | SubscriptionAck | BadControl)
+    return list(decoded.messages)
+
+
+def healthy_core(max_series: int = 500) -> Core:
+    clock = FakeClock(wall_s=NOW_NS / 1e9)
+    core = Core(
+        CoreConfig(symbols=SYMBOLS, stale_after_s=0, market_hours="always", max_symbol_series=max_series), clock
+    )
+    core.handle(PrimaryConnection("Connected", "subscribed"))
+    core.handle(PrimaryAuthenticated(True))
+    core.handle(PrimarySubscribed(frozenset(SYMBOLS)))
+    core.handle(FallbackPoll(True, 5.0))
+    return core
+
+
+def check_core(core: Core, messages: list[Any]) -> None:
+    before = core.received["alpaca"]
+    core.handle(PrimaryData(messages, core.clock.monotonic(), 0.0))
+    assert core.received["alpaca"] == before + len(messages)
+    acc = core.accounting()["alpaca"]
+    assert acc["received"] == acc["routed"] + acc["standby"] + acc["rejected"]
+    counts = core.message_counts()
+    assert sum(n for kind, n in counts.items() if kind != "control") == core.received["alpaca"]
+    assert len(core.series) <= core.config.max_symbol_series

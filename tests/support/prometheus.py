@@ -5,11 +5,7 @@ configuration (1 s scrape and evaluation interval, the given targets, optional r
 temporary TSDB, waits until `/-/ready`, and offers the HTTP API as small typed helpers. Stopping
 terminates the process and kills it if it does not exit in time.
 
-Use it from any test module, either through the fixture factory::
-
-    from tests import prometheus_harness
-
-    prometheus_factory = prometheus_harness.prometheus_factory  # the fixture, visible to pytest here
+Use it from any test module, either through the ``prometheus_factory`` fixture (tests/conftest.py)::
 
     def test_x(prometheus_factory):
         prom = prometheus_factory(["127.0.0.1:9877"])
@@ -325,16 +321,3 @@ def running_prometheus(targets: Sequence[str], workdir: Path, **kwargs: Any) -> 
 
 
 PrometheusFactory = Callable[..., PrometheusServer]
-
-
-@pytest.fixture
-def prometheus_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusFactory]:
-    """`prometheus_factory(targets, **PrometheusServer kwargs)` → a started server, stopped at teardown."""
-    stack = contextlib.ExitStack()
-
-    def make(targets: Sequence[str], **kwargs: Any) -> PrometheusServer:
-        workdir = tmp_path_factory.mktemp("prometheus")
-        return stack.enter_context(running_prometheus(targets, workdir, **kwargs))
-
-    with stack:
-        yield make
