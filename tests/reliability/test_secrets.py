@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import sys
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -103,8 +104,9 @@ async def _daemon_run(alpaca: AlpacaSimulator, yahoo: YahooSimulator, log_format
             line = (await proc.stdout.readline()).decode(errors="replace")
             assert line, "".join(lines)
             lines.append(line)
-            if "serving /metrics on" in line:
-                port = int(line.rsplit(":", 1)[1].split()[0].strip('",}'))
+            served = re.search(r"serving /metrics on https?://[^\s\"]+:(\d+)", line)
+            if served:
+                port = int(served.group(1))
     reader = asyncio.create_task(proc.stdout.read())
     bodies: list[str] = []
     async with httpx.AsyncClient(timeout=5.0) as http:

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from exporter.core.router import State
+from exporter.settings import ConfigError
 from exporter.sim.demo import Demo
 
 
@@ -44,5 +45,5 @@ async def test_running_raises_when_the_daemon_cannot_start() -> None:
             attempt.cancel()
             await asyncio.gather(attempt, return_exceptions=True)
         assert done, "the start waits for ever on a busy port"
-        with pytest.raises(OSError, match="address already in use"):
+        with pytest.raises(ConfigError, match=r"EXPORTER_PORT: cannot listen on .*: Address already in use"):
             attempt.result()
