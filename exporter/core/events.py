@@ -7,7 +7,7 @@ timestamps of their own: the core reads its injected clock when it handles them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,6 +68,22 @@ class PrimarySubscribed:
     """The server's `subscription` ack: the full confirmed set of symbols (union over channels)."""
 
     symbols: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionStatus:
+    """The client's comparison of the server's latest subscription ack with what it wants (CONTRACT §11).
+
+    Sent after every ack and after every repair attempt's outcome. ``missing`` has one entry per wanted
+    channel (the subscribe key, e.g. ``trades``, ``updatedBars``): the wanted symbols the ack left out,
+    empty when complete. ``repairs`` counts subscribe messages re-sent for left-out symbols since start.
+    ``refused`` are symbols given up on because the plan's symbol limit (a 405, ``limit`` when the
+    server named it) cannot hold them; they are also in ``missing``."""
+
+    missing: Mapping[str, tuple[str, ...]]
+    repairs: int = 0
+    refused: tuple[str, ...] = ()
+    limit: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +155,7 @@ Event = (
     PrimaryConnection
     | PrimaryAuthenticated
     | PrimarySubscribed
+    | SubscriptionStatus
     | PrimaryError
     | PrimaryControl
     | PrimaryData
