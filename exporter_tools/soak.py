@@ -44,7 +44,7 @@ import httpx
 
 from exporter.app import quiet_libraries
 from exporter.logs import configure_logging
-from exporter.sim.demo import Demo
+from exporter.sim.demo import DEMO_SYMBOLS, Demo
 from exporter.sim.scenario import Action, Faults
 
 log = logging.getLogger("exporter_tools.soak")
@@ -116,6 +116,24 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+async def _every_symbol_exported(base: str, symbols: int) -> None:
+    """Wait until every symbol has its per-symbol series (its first routed trade).
+
+    A symbol's series appear once, with its first data: on a slow machine that can fall into the
+    measured window and look like growth. The soak measures what grows while it runs, not the start."""
+    async with httpx.AsyncClient(timeout=5.0) as http, asyncio.timeout(30.0):
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                text = (await http.get(base + "/metrics")).text
+                seen = {line.split("}")[0] for line in text.splitlines() if line.startswith(_PER_SYMBOL)}
+                if len(seen) >= symbols:
+                    return
+            await asyncio.sleep(0.1)
+
+
+_PER_SYMBOL = "alpaca_message_latency_seconds_count{"
+
+
 def count_series(exposition: str) -> int:
     return sum(1 for line in exposition.splitlines() if line and not line.startswith("#"))
 
@@ -180,6 +198,7 @@ async def soak(
     report = SoakReport(seconds=0.0, faults=0)
     async with demo.running() as daemon:
         base = f"http://127.0.0.1:{daemon.port}"
+        await _every_symbol_exported(base, len(DEMO_SYMBOLS))
         rotation = schedule(faults)
         start = time.monotonic()
 
