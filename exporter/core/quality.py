@@ -145,9 +145,8 @@ class Quality:
         quote's age (None without one)."""
         if now - self._open_checked_at >= MARKET_RECHECK_SECONDS:
             self.refresh(now)
-        if self._gap_from is not None:
-            if self.open:
-                self.gaps.observe(now - self._gap_from)
+        if self._gap_from is not None:  # the first data after an outage (refresh drops it at the close)
+            self.gaps.observe(now - self._gap_from)
             self._gap_from = None
         if age is not None:
             self._lag.append((now, age))
