@@ -11,6 +11,7 @@ and ``datasource_router_price_delta_percent`` are percentages (0-100).
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -487,7 +488,8 @@ class CoreCollector(Collector):
         depth, dropped = self.queue_stats() if self.queue_stats else (0, 0)
         yield _values("alpaca_stream_queue_frames", [((), float(depth))])
         yield _values("alpaca_stream_queue_dropped_frames_total", [((), dropped)])
-        heard = [((st.symbol,), st.heard_wall) for st in states if st.heard_wall]
+        wall = core.clock.wall_ns() / 1e9
+        heard = [((st.symbol,), wall - (now - st.heard_at)) for st in states if st.heard_at > -math.inf]
         yield _values("datasource_router_symbol_last_message_timestamp_seconds", heard)
         yield _values("datasource_router_market_open", [((), 1.0 if quality.open else 0.0)])
 

@@ -72,7 +72,6 @@ class SymbolState:
         "breaker",
         "halted",
         "heard_at",
-        "heard_wall",
         "interval",
         "last_price",
         "pending_minutes",
@@ -101,8 +100,7 @@ class SymbolState:
         self.routed_wall = 0.0
         # Feed quality (quality.py). Times are monotonic unless named wall; minutes are Unix minutes.
         self.heard_at = -math.inf  # receive time of the last frame with a message for the symbol
-        self.heard_wall = 0.0  # its wall time (0: none yet)
-        self.sample_from = -math.inf  # start of the interval sample being measured
+        self.sample_from = -math.inf  # start of the interval sample being measured (a heard_at)
         self.interval = 0.0  # typical interval, valid once ``samples`` >= INTERVAL_MIN_SAMPLES
         self.samples = 0
         self.halted: bool | None = None  # None until a trading status says
@@ -160,7 +158,6 @@ class Ingest:
         rejected = counters.rejected
         quality = self.quality
         watch_bars = quality.watch_bars
-        touched: list[SymbolState] = []  # the configured symbols of this frame, once each
         td_age: float | None = None  # the age of the frame's last trade or quote (the lag's sample)
         n_routed = n_standby = n_rejected = n_data = 0
         for m in event.messages:
@@ -253,11 +250,9 @@ class Ingest:
                 rejected["unknown_symbol"] += 1
                 n_rejected += 1
                 continue
-            # Feed quality: per message one comparison; the rest per frame and symbol (Quality.frame),
-            # and for the rarer kinds.
-            if st.heard_at != now:
-                st.heard_at = now
-                touched.append(st)
+            # Feed quality: per message one store; intervals are learned from it at each tick
+            # (Quality.tick). Trades only when bars are checked, and the rarer kinds.
+            st.heard_at = now
             if k != 1:
                 if k == 0:
                     # The trade's own minute (its wall time is the frame's minus its age).
@@ -318,7 +313,7 @@ class Ingest:
         counters.standby[PRIMARY] += n_standby
         counters.rejected_by_source[PRIMARY] += n_rejected
         if n_data:
-            quality.frame(touched, now, wall_s, td_age)
+            quality.frame(now, td_age)
         n = len(event.messages)
         if n and metrics:
             # Decode-to-routed time of the frame, spread evenly over its messages.

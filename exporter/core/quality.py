@@ -32,8 +32,8 @@ Typical interval
     the last sample's start belong to the same burst and make no sample: trades cluster, and the
     silence that matters is the one between bursts (it also keeps the work per symbol to once a
     second). No interval is learned across a halt, a closed market or a primary outage: those reset
-    the start of the next sample. The hot path does per message one comparison (the frame's
-    receive time against the symbol's) and per frame and symbol the rest (``Quality.frame``).
+    the start of the next sample. The hot path does per message one store (the frame's receive time
+    on the symbol); the samples are taken at each tick (``Quality.learn``, 4 a second).
 
 Minute bars vs trades
     With both ``trades`` and ``bars`` wanted, each minute in which a symbol's trade was stamped is
@@ -140,26 +140,28 @@ class Quality:
         self.open = is_open
 
     # ---- the hot path's per frame and symbol part ----------------------------------------------------
-    def frame(self, touched: Iterable[SymbolState], now: float, wall_s: float, age: float | None) -> None:
-        """After a data frame: ``touched`` are the configured symbols it held, ``age`` its last trade's or
-        quote's age (None without one)."""
-        if now - self._open_checked_at >= MARKET_RECHECK_SECONDS:
-            self.refresh(now)
+    def frame(self, now: float, age: float | None) -> None:
+        """After a data frame: ``age`` is its last trade's or quote's age (None without one)."""
         if self._gap_from is not None:  # the first data after an outage (refresh drops it at the close)
             self.gaps.observe(now - self._gap_from)
             self._gap_from = None
         if age is not None:
             self._lag.append((now, age))
-        learn = self.open
+
+    def learn(self, symbols: Iterable[SymbolState]) -> None:
+        """At each tick: a sample per symbol whose latest message is at least INTERVAL_MIN_SECONDS after
+        the previous sample's end. The end is the latest message heard by the tick, at most a tick period
+        (0.25 s) after the first message after the silence: far below any interval that matters."""
+        learning = self.open
         reset_at = self.reset_at
-        for st in touched:
-            st.heard_wall = wall_s
+        for st in symbols:
             start = st.sample_from
-            dt = now - start
+            heard = st.heard_at
+            dt = heard - start
             if dt < INTERVAL_MIN_SECONDS:
-                continue
-            st.sample_from = now
-            if learn and not st.halted and start >= reset_at and start >= st.resumed_at:
+                continue  # nothing new, or the same burst
+            st.sample_from = heard
+            if learning and not st.halted and start >= reset_at and start >= st.resumed_at:
                 n = st.samples = st.samples + 1
                 st.interval += (dt - st.interval) * (INTERVAL_ALPHA if n > INTERVAL_MIN_SAMPLES else 1.0 / n)
 
@@ -189,9 +191,10 @@ class Quality:
             st.halted = False
 
     # ---- timers and health -------------------------------------------------------------------------
-    def tick(self, now: float, wall_s: float, linked: bool) -> None:
+    def tick(self, now: float, wall_s: float, linked: bool, symbols: Iterable[SymbolState]) -> None:
         if now - self._open_checked_at >= MARKET_RECHECK_SECONDS:
             self.refresh(now)
+        self.learn(symbols)
         if self._pending:
             self._expire_bars(wall_s)
         samples = self._lag

@@ -17,6 +17,7 @@ events, and metrics read the state kept in the parts.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from exporter.core.clock import Clock
@@ -76,7 +77,7 @@ class Core:
             self.ingest.fallback(event, now, self.failover.state is _FALLBACK_ACTIVE)
         elif cls is Tick:
             self.ingest.tick(now)
-            self.quality.tick(now, self.clock.wall_ns() / 1e9, self.health.connected)
+            self.quality.tick(now, self.clock.wall_ns() / 1e9, self.health.connected, self.symbols.values())
             self.health.lagging = self.quality.lagging
         elif cls is PrimaryConnection:
             assert isinstance(event, PrimaryConnection)
@@ -210,7 +211,7 @@ class Core:
                     "breaker": st.breaker.state.name,
                     "halted": st.halted,
                     "typical_interval_seconds": round(st.interval, 3) if st.samples >= INTERVAL_MIN_SAMPLES else None,
-                    "seconds_since_last_message": round(wall - st.heard_wall, 3) if st.heard_wall else None,
+                    "seconds_since_last_message": None if st.heard_at == -math.inf else round(now - st.heard_at, 3),
                 }
                 for sym, st in self.symbols.items()
             },

@@ -29,10 +29,11 @@ def interval(h: Harness, symbol: str = "AAPL") -> object:
 
 
 def every(h: Harness, seconds: float, n: int, symbol: str = "AAPL") -> None:
-    """``n`` frames of one trade each, ``seconds`` apart (the first after ``seconds``)."""
+    """``n`` frames of one trade each, ``seconds`` apart (the first after ``seconds``), each with a tick."""
     for _ in range(n):
         h.advance(seconds)
         h.frame(h.trade(symbol))
+        h.tick()
 
 
 def gap_count(h: Harness) -> int:
@@ -122,6 +123,7 @@ def test_a_halted_symbol_learns_no_interval_during_nor_across_the_halt(h: Harnes
     assert h.core.symbols["AAPL"].samples == 4
     h.advance(300.0)
     h.frame(h.status(code="T"))  # the interval from before the resumption is not a sample
+    h.tick()
     assert h.core.symbols["AAPL"].samples == 4
     every(h, 2.0, 1)
     assert h.core.symbols["AAPL"].samples == 5
@@ -149,7 +151,7 @@ def test_messages_within_a_second_are_one_burst(h: Harness) -> None:
     for _ in range(INTERVAL_MIN_SAMPLES + 1):
         for _ in range(3):  # a burst of three frames 0.3 s apart, then silence
             h.frame(h.trade(), h.quote(), h.trade())
-            h.advance(0.3)
+            h.tick(0.3)
         h.advance(5.1)
     assert interval(h) == pytest.approx(6.0)
 
@@ -192,6 +194,7 @@ def test_a_liquid_symbol_silent_alone_is_seen_against_its_interval(h: Harness) -
     for _ in range(60):
         h.advance(1.0)
         h.frame(h.trade(), h.trade("MSFT"))
+        h.tick()
     for _ in range(90):
         h.tick(1.0)
         h.frame(h.trade("MSFT"))
@@ -207,6 +210,7 @@ def test_an_illiquid_symbol_has_its_own_long_interval(h: Harness) -> None:
     for _ in range(INTERVAL_MIN_SAMPLES + 2):
         h.advance(180.0)
         h.frame(h.trade("MSFT"))
+        h.tick()
     assert interval(h, "MSFT") == pytest.approx(180.0)
 
 
