@@ -82,7 +82,6 @@ def alpaca_config(settings: Settings) -> AlpacaClientConfig:
         secret=settings.apca_api_secret_key.get_secret_value(),
         symbols=tuple(settings.symbols),
         channels=tuple(settings.alpaca_channels),
-        max_stream_lag_s=settings.max_stream_lag_seconds,
         encoding=settings.alpaca_encoding,
         open_timeout=settings.alpaca_handshake_timeout_seconds,
         step_timeout=settings.alpaca_handshake_timeout_seconds,
