@@ -283,7 +283,7 @@ def test_feed_quality_values() -> None:
     assert missing == {"trades": 1.0, "bars": 0.0, "statuses": 0.0}
     assert [s.value for s in samples(fam, "alpaca_subscription_repairs_total")] == [2.0]
     assert values(fam, "datasource_router_symbol_halted", "symbol") == {"MSFT": 1.0}  # AAPL: no status yet
-    assert values(fam, "datasource_router_symbol_message_interval_seconds", "symbol") == {"AAPL": 2.0}
+    assert values(fam, "datasource_router_symbol_message_interval_seconds", "symbol") == {"AAPL": 1.0}
     assert values(fam, "alpaca_bars_missing_total", "symbol") == {"AAPL": 1.0}  # minute 0 is due, minute 1 not yet
     assert le_bounds(fam, "alpaca_stream_gap_seconds") == GAP_BUCKETS
     assert [s.value for s in samples(fam, "alpaca_stream_gap_seconds", "_count")] == [1.0]

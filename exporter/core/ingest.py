@@ -74,6 +74,8 @@ class SymbolState:
         "heard_at",
         "interval",
         "last_price",
+        "mean_dt",
+        "mean_dt2",
         "pending_minutes",
         "resumed_at",
         "routed_price",
@@ -103,6 +105,7 @@ class SymbolState:
         self.sample_from = -math.inf  # start of the interval sample being measured (a heard_at)
         self.interval = 0.0  # typical interval, valid once ``samples`` >= INTERVAL_MIN_SAMPLES
         self.samples = 0
+        self.mean_dt = self.mean_dt2 = 0.0  # the weighted means of the intervals and their squares
         self.halted: bool | None = None  # None until a trading status says
         self.resumed_at = -math.inf
         self.trade_minute = math.nan  # minute of the last trade (nan: none since the last outage)

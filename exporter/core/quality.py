@@ -26,12 +26,16 @@ Halts
     halt is its new reference, since a halt explains a gap. A halted symbol learns no interval.
 
 Typical interval
-    Per symbol, the exponentially weighted mean (weight ``INTERVAL_ALPHA``, the plain mean until
-    then) of the intervals between the primary's market-data messages for it, exported once
-    ``INTERVAL_MIN_SAMPLES`` intervals were learned. Messages closer than ``INTERVAL_MIN_SECONDS`` to
-    the last sample's start belong to the same burst and make no sample: trades cluster, and the
-    silence that matters is the one between bursts (it also keeps the work per symbol to once a
-    second). No interval is learned across a halt, a closed market or a primary outage: those reset
+    Per symbol, from the intervals X between the primary's market-data messages for it:
+    E[X²] / (2 E[X]), both means exponentially weighted (weight ``INTERVAL_ALPHA``, plain means until
+    then), exported once ``INTERVAL_MIN_SAMPLES`` intervals were learned. For Poisson arrivals (what
+    the alert's "14 intervals" assumes) this is the mean interval; unlike the plain mean it is not
+    pulled down by bursts — trades cluster, and four trades one second apart followed by a minute of
+    silence have a mean interval of 16 s but a typical one of 29 s, which is what the silence between
+    bursts must be judged against (exporter_tools/stale_rules.py measured the difference: the plain
+    mean gave several times more false MarketDataStale firings). Messages closer than
+    ``INTERVAL_MIN_SECONDS`` to the last sample's start make no sample (and keep the work per symbol
+    to once a second). No interval is learned across a halt, a closed market or a primary outage: those reset
     the start of the next sample. The hot path does per message one store (the frame's receive time
     on the symbol); the samples are taken at each tick (``Quality.learn``, 4 a second).
 
@@ -163,7 +167,10 @@ class Quality:
             st.sample_from = heard
             if learning and not st.halted and start >= reset_at and start >= st.resumed_at:
                 n = st.samples = st.samples + 1
-                st.interval += (dt - st.interval) * (INTERVAL_ALPHA if n > INTERVAL_MIN_SAMPLES else 1.0 / n)
+                weight = INTERVAL_ALPHA if n > INTERVAL_MIN_SAMPLES else 1.0 / n
+                st.mean_dt += (dt - st.mean_dt) * weight
+                st.mean_dt2 += (dt * dt - st.mean_dt2) * weight
+                st.interval = st.mean_dt2 / (2.0 * st.mean_dt)
 
     def traded(self, st: SymbolState, minute: float) -> None:
         """A trade stamped in ``minute`` (Unix minutes) other than the symbol's last traded minute."""

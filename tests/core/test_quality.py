@@ -137,13 +137,13 @@ def test_the_typical_interval_is_exported_after_ten_intervals(h: Harness) -> Non
     every(h, 2.0, INTERVAL_MIN_SAMPLES)  # the first frame starts the first interval
     assert interval(h) is None
     every(h, 2.0, 1)
-    assert interval(h) == 2.0
+    assert interval(h) == 1.0  # E[X²] / 2E[X]: the mean interval of Poisson arrivals, half a regular one
     assert symbol_status(h)["seconds_since_last_message"] == 0.0
     h.advance(7.5)
     assert symbol_status(h)["seconds_since_last_message"] == 7.5
     assert symbol_status(h, "MSFT")["seconds_since_last_message"] is None
-    every(h, 12.5, 1)  # exponentially weighted: 2 + 0.1 * (20 - 2)
-    assert interval(h) == pytest.approx(3.8)
+    every(h, 12.5, 1)  # exponentially weighted: E[X] = 2 + 0.1 * (20 - 2), E[X²] = 4 + 0.1 * (400 - 4)
+    assert h.core.symbols["AAPL"].interval == pytest.approx(43.6 / (2 * 3.8))
 
 
 def test_messages_within_a_second_are_one_burst(h: Harness) -> None:
@@ -153,7 +153,7 @@ def test_messages_within_a_second_are_one_burst(h: Harness) -> None:
             h.frame(h.trade(), h.quote(), h.trade())
             h.tick(0.3)
         h.advance(5.1)
-    assert interval(h) == pytest.approx(6.0)
+    assert interval(h) == pytest.approx(3.0)
 
 
 def test_a_closed_market_learns_nothing(make: Callable[..., Harness]) -> None:
@@ -199,10 +199,20 @@ def test_a_liquid_symbol_silent_alone_is_seen_against_its_interval(h: Harness) -
         h.tick(1.0)
         h.frame(h.trade("MSFT"))
     aapl = symbol_status(h)
-    assert aapl["typical_interval_seconds"] == pytest.approx(1.0)
+    assert aapl["typical_interval_seconds"] == pytest.approx(0.5)
     assert aapl["seconds_since_last_message"] == 90.0
     assert symbol_status(h, "MSFT")["seconds_since_last_message"] == 0.0
     assert h.state is State.PRIMARY_ACTIVE
+
+
+def test_bursts_do_not_pull_the_typical_interval_down(h: Harness) -> None:
+    """Four trades a second apart, then a minute of silence: the mean interval is 15.75 s; the typical
+    one is E[X²] / 2E[X] = (3 + 3600) / 126 ≈ 28.6 s, the silence between bursts the alert must judge."""
+    h.primary_up()
+    for _ in range(8):
+        every(h, 1.0, 3)
+        every(h, 60.0, 1)
+    assert interval(h) == pytest.approx(3603.0 / 126.0, rel=0.01)
 
 
 def test_an_illiquid_symbol_has_its_own_long_interval(h: Harness) -> None:
@@ -211,7 +221,7 @@ def test_an_illiquid_symbol_has_its_own_long_interval(h: Harness) -> None:
         h.advance(180.0)
         h.frame(h.trade("MSFT"))
         h.tick()
-    assert interval(h, "MSFT") == pytest.approx(180.0)
+    assert interval(h, "MSFT") == pytest.approx(90.0)
 
 
 # ---- bars against trades -----------------------------------------------------------------------------
