@@ -68,6 +68,8 @@ def core_config(settings: Settings) -> CoreConfig:
         breaker_cooldown_s=settings.circuit_breaker_cooldown_seconds,
         max_symbol_series=settings.max_symbol_series,
         fallback_enabled=settings.yahoo_enabled,
+        channels=tuple(settings.alpaca_channels),
+        max_stream_lag_s=settings.max_stream_lag_seconds,
     )
 
 

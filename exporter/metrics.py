@@ -11,6 +11,7 @@ and ``datasource_router_price_delta_percent`` are percentages (0-100).
 
 from __future__ import annotations
 
+import math
 import platform
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from prometheus_client.utils import floatToGoString as _float_to_go
 
 from exporter import __version__
 from exporter.core.events import CONN_STATES
+from exporter.core.quality import INTERVAL_MIN_SAMPLES
 from exporter.core.router import FALLBACK, PRIMARY, SOURCES, Core, State
 from exporter.core.stats import MESSAGE_TYPES, Histogram
 
@@ -133,6 +135,49 @@ CATALOGUE: tuple[Spec, ...] = (
         "Latency of calls to upstreams: Alpaca handshake steps, Yahoo polls",
     ),
     Spec("alpaca_exporter_build_info", "gauge", ("version", "python_version"), "Build information; value 1"),
+    # Feed quality (CONTRACT §11).
+    Spec(
+        "alpaca_subscription_missing_symbols",
+        "gauge",
+        ("channel",),
+        "Symbols wanted on the channel but absent from the server's latest subscription ack",
+    ),
+    Spec(
+        "alpaca_subscription_repairs_total",
+        "counter",
+        (),
+        "Subscribe messages re-sent for symbols an ack left out",
+    ),
+    Spec(
+        "datasource_router_symbol_halted",
+        "gauge",
+        ("symbol",),
+        "1 while a trading-status message has the symbol halted or paused, else 0",
+    ),
+    Spec(
+        "datasource_router_symbol_message_interval_seconds",
+        "gauge",
+        ("symbol",),
+        "Typical interval between the primary's market-data messages for the symbol while the market is open",
+    ),
+    Spec(
+        "alpaca_bars_missing_total",
+        "counter",
+        ("symbol",),
+        "Minutes with trades but no minute bar within 90 s after the minute ended",
+    ),
+    Spec(
+        "alpaca_stream_gap_seconds",
+        "histogram",
+        (),
+        "Per primary outage while the market is open: seconds from the last market-data message to the next",
+    ),
+    Spec(
+        "alpaca_stream_lag_seconds",
+        "gauge",
+        (),
+        "Median age of the primary's trades and quotes over the last 10 s while connected",
+    ),
     # Additions of this exporter beyond the contract's catalogue (README, "Extra metrics").
     Spec("yahoo_errors_total", "counter", ("type",), "Yahoo poll failures by type"),
     Spec(
@@ -147,6 +192,18 @@ CATALOGUE: tuple[Spec, ...] = (
         "counter",
         (),
         "Frames dropped because the router queue was full (a slow consumer, measured not hidden)",
+    ),
+    Spec(
+        "datasource_router_symbol_last_message_timestamp_seconds",
+        "gauge",
+        ("symbol",),
+        "Unix time the primary's last market-data message for the symbol was received",
+    ),
+    Spec(
+        "datasource_router_market_open",
+        "gauge",
+        (),
+        "1 while the session the feed follows is open (EXPORTER_MARKET_HOURS), else 0",
     ),
 )
 SPECS = {s.name: s for s in CATALOGUE}
@@ -407,6 +464,18 @@ class CoreCollector(Collector):
         yield _histograms("dependency_latency_seconds", sorted(counters.dependency_latency.items()))
         yield _values("alpaca_exporter_build_info", [((__version__, platform.python_version()), 1.0)])
 
+        quality = core.quality
+        missing = [((channel,), float(len(symbols))) for channel, symbols in quality.missing.items()]
+        yield _values("alpaca_subscription_missing_symbols", missing)
+        yield _values("alpaca_subscription_repairs_total", [((), quality.repairs)])
+        halted = [((st.symbol,), 1.0 if st.halted else 0.0) for st in states if st.halted is not None]
+        yield _values("datasource_router_symbol_halted", halted)
+        intervals = [((st.symbol,), st.interval) for st in states if st.samples >= INTERVAL_MIN_SAMPLES]
+        yield _values("datasource_router_symbol_message_interval_seconds", intervals)
+        yield _values("alpaca_bars_missing_total", [((s.label,), s.bars_missing) for s in all_series if s.bars_missing])
+        yield _histograms("alpaca_stream_gap_seconds", [((), quality.gaps)])
+        yield _values("alpaca_stream_lag_seconds", [] if quality.lag is None else [((), quality.lag)])
+
         yield _values("yahoo_errors_total", [((kind,), n) for kind, n in counters.yahoo_errors.items()])
         outcomes = (
             ("routed", counters.routed),
@@ -419,6 +488,10 @@ class CoreCollector(Collector):
         depth, dropped = self.queue_stats() if self.queue_stats else (0, 0)
         yield _values("alpaca_stream_queue_frames", [((), float(depth))])
         yield _values("alpaca_stream_queue_dropped_frames_total", [((), dropped)])
+        wall = core.clock.wall_ns() / 1e9
+        heard = [((st.symbol,), wall - (now - st.heard_at)) for st in states if st.heard_at > -math.inf]
+        yield _values("datasource_router_symbol_last_message_timestamp_seconds", heard)
+        yield _values("datasource_router_market_open", [((), 1.0 if quality.open else 0.0)])
 
 
 class ExporterRegistry(CollectorRegistry):

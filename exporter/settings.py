@@ -123,6 +123,8 @@ class Settings(BaseSettings):
     alpaca_handshake_timeout_seconds: float = Field(default=5.0, gt=0)
     alpaca_fatal_retry_seconds: float = Field(default=300.0, gt=0)
     max_queue_frames: int = Field(default=10_000, ge=1)
+    # The primary's median message age (beyond the feed's own delay) that counts as a failure; 0 disables.
+    max_stream_lag_seconds: float = Field(default=30.0, ge=0)
     web_config_file: Path | None = None
 
     @field_validator("log_level", mode="before")

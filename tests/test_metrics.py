@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -12,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from exporter.core.clock import FakeClock
-from exporter.core.events import DependencyLatency, FallbackPoll, PrimaryControl, PrimaryError
+from exporter.core.events import DependencyLatency, FallbackPoll, PrimaryControl, PrimaryError, SubscriptionStatus
 from exporter.core.messages import Unknown
 from exporter.core.router import Core, CoreConfig
 from exporter.metrics import build_registry
@@ -41,6 +42,19 @@ CONTRACT: dict[str, tuple[str, frozenset[str]]] = {
     "dependency_latency_seconds": ("histogram", frozenset({"dependency", "method"})),
     "alpaca_exporter_build_info": ("gauge", frozenset({"version", "python_version"})),
 }
+# CONTRACT section 11 (feed quality), and this exporter's extra gauges that go with it (README).
+FEED_QUALITY: dict[str, tuple[str, frozenset[str]]] = {
+    "alpaca_subscription_missing_symbols": ("gauge", frozenset({"channel"})),
+    "alpaca_subscription_repairs_total": ("counter", frozenset()),
+    "datasource_router_symbol_halted": ("gauge", frozenset({"symbol"})),
+    "datasource_router_symbol_message_interval_seconds": ("gauge", frozenset({"symbol"})),
+    "alpaca_bars_missing_total": ("counter", frozenset({"symbol"})),
+    "alpaca_stream_gap_seconds": ("histogram", frozenset()),
+    "alpaca_stream_lag_seconds": ("gauge", frozenset()),
+    "datasource_router_symbol_last_message_timestamp_seconds": ("gauge", frozenset({"symbol"})),
+    "datasource_router_market_open": ("gauge", frozenset()),
+}
+GAP_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 900, 1800, math.inf]
 CONN_STATES = {"Disconnected", "Connecting", "Authenticating", "Connected"}
 MESSAGE_TYPES = {
     "trade", "quote", "bar", "updated_bar", "daily_bar", "status", "luld",
@@ -83,7 +97,7 @@ def scrape(core: Core) -> dict[str, list[Sample]]:
 
 
 def samples(families: dict[str, list[Sample]], name: str, suffix: str = "") -> list[Sample]:
-    kind = CONTRACT[name][0]
+    kind = (CONTRACT.get(name) or FEED_QUALITY[name])[0]
     return [s for s in families[family_key(name, kind)] if s.name == name + suffix]
 
 
@@ -134,9 +148,30 @@ def busy() -> tuple[Harness, dict[str, list[Sample]]]:
 # ---- names, types, label names -------------------------------------------------------------------
 
 
-def test_every_catalogue_name_type_and_label_set() -> None:
-    families, types = scrape_with_types(busy_core().core)
-    for name, (kind, labels) in CONTRACT.items():
+def quality_core() -> Harness:
+    """A core with a shortfall, a halt, a learned interval, a missing bar, an outage gap and a lag."""
+    h = Harness(channels=("trades", "bars", "statuses"))
+    h.primary_up()
+    h.send(SubscriptionStatus({"trades": ("MSFT",), "bars": (), "lulds": ("AAPL",)}, repairs=2))
+    h.frame(h.trade())
+    h.advance(1.0)
+    h.primary_down()
+    h.advance(2.0)
+    h.primary_up()
+    h.frame(h.status("MSFT", "H"))
+    for _ in range(80):  # 160 s of AAPL trades every 2 s, none with its minute bar
+        h.advance(2.0)
+        h.frame(h.trade(age_s=0.5))
+        h.tick()
+    return h
+
+
+@pytest.mark.parametrize(("contract", "core"), [(CONTRACT, busy_core), (FEED_QUALITY, quality_core)])
+def test_every_catalogue_name_type_and_label_set(
+    contract: dict[str, tuple[str, frozenset[str]]], core: Callable[[], Harness]
+) -> None:
+    families, types = scrape_with_types(core().core)
+    for name, (kind, labels) in contract.items():
         key = family_key(name, kind)
         assert key in families, f"{name} missing"
         assert types[key] == kind, f"{name}: {types[key]} != {kind}"
@@ -239,6 +274,42 @@ def test_values_after_a_session(busy: tuple[Harness, dict[str, list[Sample]]]) -
         for s in samples(fam, "dependency_latency_seconds", "_count")
     }
     assert dep == {("alpaca", "handshake"): 1.0, ("yahoo", "poll"): 1.0}
+
+
+def test_feed_quality_values() -> None:
+    h = quality_core()
+    fam = scrape(h.core)
+    missing = values(fam, "alpaca_subscription_missing_symbols", "channel")
+    assert missing == {"trades": 1.0, "bars": 0.0, "statuses": 0.0}
+    assert [s.value for s in samples(fam, "alpaca_subscription_repairs_total")] == [2.0]
+    assert values(fam, "datasource_router_symbol_halted", "symbol") == {"MSFT": 1.0}  # AAPL: no status yet
+    assert values(fam, "datasource_router_symbol_message_interval_seconds", "symbol") == {"AAPL": 1.0}
+    assert values(fam, "alpaca_bars_missing_total", "symbol") == {"AAPL": 1.0}  # minute 0 is due, minute 1 not yet
+    assert le_bounds(fam, "alpaca_stream_gap_seconds") == GAP_BUCKETS
+    assert [s.value for s in samples(fam, "alpaca_stream_gap_seconds", "_count")] == [1.0]
+    assert [s.value for s in samples(fam, "alpaca_stream_gap_seconds", "_sum")] == [3.0]  # 1 s, 2 s down
+    assert [s.value for s in samples(fam, "alpaca_stream_lag_seconds")] == [0.5]
+    heard = values(fam, "datasource_router_symbol_last_message_timestamp_seconds", "symbol")
+    assert heard == {"AAPL": pytest.approx(h.wall_s()), "MSFT": pytest.approx(h.wall_s() - 160.0)}
+    assert [s.value for s in samples(fam, "datasource_router_market_open")] == [1.0]
+
+
+def test_feed_quality_series_at_start(fresh: dict[str, list[Sample]]) -> None:
+    """One shortfall series per wanted channel; per-symbol gauges and the lag absent until known."""
+    assert values(fresh, "alpaca_subscription_missing_symbols", "channel") == {"trades": 0.0}
+    assert [s.value for s in samples(fresh, "alpaca_subscription_repairs_total")] == [0.0]
+    for name in (
+        "datasource_router_symbol_halted",
+        "datasource_router_symbol_message_interval_seconds",
+        "alpaca_bars_missing_total",
+        "alpaca_stream_lag_seconds",
+        "datasource_router_symbol_last_message_timestamp_seconds",
+    ):
+        assert samples(fresh, name) == [], name
+    assert [s.value for s in samples(fresh, "alpaca_stream_gap_seconds", "_count")] == [0.0]
+    assert [s.value for s in samples(fresh, "datasource_router_market_open")] == [1.0]
+    closed = scrape(Core(CoreConfig(symbols=("AAPL",), market_hours="never"), FakeClock()))
+    assert [s.value for s in samples(closed, "datasource_router_market_open")] == [0.0]
 
 
 def test_subscribed_symbols_count_follows_the_live_subscription() -> None:

@@ -23,8 +23,10 @@ from exporter.core.events import (
     PrimaryData,
     PrimaryError,
     PrimarySubscribed,
+    SubscriptionStatus,
+    Tick,
 )
-from exporter.core.messages import Bar, Malformed, Quote, Trade, Unknown, utc_from_ns
+from exporter.core.messages import Bar, Malformed, Quote, Trade, TradingStatus, Unknown, utc_from_ns
 from exporter.core.router import Core, CoreConfig
 from exporter.metrics import CoreCollector, ExporterRegistry, build_registry, negotiate, render_metrics
 
@@ -35,7 +37,13 @@ SYMBOLS = ("AAPL", 'ODD"\\\nSYM', "MSFT", "BRK.B", "SPY", "QQQ")
 def busy_core(*, max_series: int = 4) -> tuple[Core, FakeClock]:
     clock = FakeClock()
     core = Core(
-        CoreConfig(symbols=SYMBOLS, stale_after_s=0.0, max_symbol_series=max_series, breaker_percent=20.0),
+        CoreConfig(
+            symbols=SYMBOLS,
+            stale_after_s=0.0,
+            max_symbol_series=max_series,
+            breaker_percent=20.0,
+            channels=("trades", "quotes", "bars", "statuses"),
+        ),
         clock,
     )
     core.handle(PrimaryConnection("Connected"))
@@ -60,6 +68,23 @@ def busy_core(*, max_series: int = 4) -> tuple[Core, FakeClock]:
     core.handle(FallbackPrice("MSFT", 101.5, wall))
     core.handle(PrimaryError("slow_client", "407"))
     core.handle(DependencyLatency("alpaca", "auth", 0.012))
+    # Feed quality: a shortfall and repairs, a halt, an outage's gap, learned intervals, a missing bar, a lag.
+    core.handle(SubscriptionStatus({"trades": ('ODD"\\\nSYM',), "bars": ("SPY", "QQQ")}, repairs=3))
+    core.handle(PrimaryData([TradingStatus(S="MSFT", t=utc_from_ns(wall), sc="H")], received_at=clock.monotonic()))
+    core.handle(PrimaryConnection("Disconnected"))
+    clock.advance(2.5)
+    for _ in range(12):
+        clock.advance(1.5)
+        core.handle(PrimaryConnection("Connected"))
+        core.handle(PrimaryAuthenticated(True))
+        core.handle(PrimarySubscribed(frozenset(SYMBOLS)))
+        t = utc_from_ns(clock.wall_ns() - 250_000_000)
+        core.handle(PrimaryData([Trade(S=s, p=101.0, t=t, s=1) for s in SYMBOLS[1:]], received_at=clock.monotonic()))
+        core.handle(Tick())
+    clock.advance(200.0)  # the minutes traded above are past their bar's 90 s
+    t = utc_from_ns(clock.wall_ns() - 250_000_000)
+    core.handle(PrimaryData([Trade(S="BRK.B", p=101.0, t=t, s=1)], received_at=clock.monotonic()))
+    core.handle(Tick())
     # Counts past 1e6 render with Go's exponent form.
     core.series["AAPL"].received[0] += 12_345_678
     core.series["AAPL"].latency.counts[0] += 2_000_000

@@ -221,6 +221,8 @@ def test_each_variable_bad_value_names_it(var: str, raw: str) -> None:
         ("EXPORTER_YAHOO_URL", "http://127.0.0.1:0"),
         ("EXPORTER_YAHOO_URL", "https://[::1:8080"),
         ("EXPORTER_YAHOO_URL", "http://exa mple.com"),
+        ("EXPORTER_MAX_STREAM_LAG_SECONDS", "-1"),
+        ("EXPORTER_MAX_STREAM_LAG_SECONDS", "soon"),
     ],
 )
 def test_more_bad_values(var: str, raw: str) -> None:
@@ -236,6 +238,7 @@ def test_more_bad_values(var: str, raw: str) -> None:
         "EXPORTER_CIRCUIT_BREAKER_COOLDOWN_SECONDS",
         "EXPORTER_STALE_AFTER_SECONDS",
         "EXPORTER_MAX_MESSAGE_AGE_SECONDS",
+        "EXPORTER_MAX_STREAM_LAG_SECONDS",
     ],
 )
 def test_infinite_durations_are_rejected(var: str) -> None:
@@ -243,6 +246,13 @@ def test_infinite_durations_are_rejected(var: str) -> None:
     extra = {"EXPORTER_YAHOO_STANDBY_INTERVAL_SECONDS": "inf"} if var == "EXPORTER_YAHOO_INTERVAL_SECONDS" else {}
     problems = problems_for(**{**REQUIRED, **extra, var: "inf"})
     assert any(p.startswith(f"{var}:") for p in problems), problems
+
+
+def test_stream_lag_limit_defaults_to_30_s_and_0_disables(monkeypatch: pytest.MonkeyPatch) -> None:
+    setenv(monkeypatch, REQUIRED)
+    assert load_settings(for_run=True, env_file=None).max_stream_lag_seconds == 30.0
+    setenv(monkeypatch, {**REQUIRED, "EXPORTER_MAX_STREAM_LAG_SECONDS": "0"})
+    assert load_settings(for_run=True, env_file=None).max_stream_lag_seconds == 0.0
 
 
 def test_missing_required_values_for_run() -> None:

@@ -88,6 +88,12 @@ class Breaker:
         self.candidate = price
         return Verdict.REJECT
 
+    def reset(self) -> None:
+        """Closed, without a reference: the next price is accepted as the new reference (after a halt)."""
+        self.state = BreakerState.CLOSED
+        self.reference = None
+        self.candidate = None
+
     def poll(self, now: float, cooldown: float) -> None:
         """Timer: an open breaker whose cooldown passed becomes half-open (visible in /status)."""
         if self.state is BreakerState.OPEN and now - self.opened_at >= cooldown:

@@ -22,6 +22,9 @@ class CoreConfig:
     breaker_cooldown_s: float = 60.0
     max_symbol_series: int = 500
     fallback_enabled: bool = True
+    channels: tuple[str, ...] = ("trades",)  # the Alpaca channels wanted (EXPORTER_ALPACA_CHANNELS)
+    # The primary's lag (quality.py) beyond this plus market_delay_s makes it unhealthy; 0 disables.
+    max_stream_lag_s: float = 30.0
     # False skips only the hot path's metric bookkeeping (per-symbol received counts, latency and
     # processing histograms): routing, validation, breakers and accounting stay. For the benchmark's
     # "what does monitoring cost" run; the daemon always keeps it on.

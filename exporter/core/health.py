@@ -2,7 +2,8 @@
 
   primary  = connected, authenticated, subscribed, and (when stale_after > 0 and the market is open)
              market data seen within stale_after of the later of the subscription ack, the session's
-             open and the last market-data message.
+             open and the last market-data message; and not lagging (quality.py: its median message
+             age beyond max_stream_lag_s plus the feed's delay).
   fallback = enabled, and its last successful poll is no older than three poll periods (the period in
              force then).
 
@@ -42,6 +43,7 @@ class Health:
         "conn_state",
         "fallback_last_error",
         "fallback_last_ok",
+        "lagging",
         "last_data_at",
         "primary_reason",
         "stale",
@@ -59,6 +61,7 @@ class Health:
         self._sub_at = clock.monotonic()
         self.last_data_at: float | None = None
         self.stale = False
+        self.lagging = False  # set by the router from Quality at each tick
         self._healthy_since: float | None = None
         self.primary_reason = "not connected yet"
         self._conn_reason = "not connected yet"
@@ -100,7 +103,7 @@ class Health:
         if not self._linked():
             return False
         silence = self._silence(now)
-        return silence is None or silence <= self.config.stale_after_s
+        return not self.lagging and (silence is None or silence <= self.config.stale_after_s)
 
     def fallback_healthy(self, now: float) -> bool:
         if not self.config.fallback_enabled or self.fallback_last_ok is None:
@@ -112,7 +115,7 @@ class Health:
         linked = self._linked()
         silence = self._silence(now) if linked else None
         stale = silence is not None and silence > self.config.stale_after_s
-        p_ok = linked and not stale
+        p_ok = linked and not stale and not self.lagging
         effect = None
         if stale and not self.stale:
             self.stale = True
@@ -129,6 +132,14 @@ class Health:
             self._healthy_since = None
         held = self._healthy_since is not None and now - self._healthy_since >= self.config.failback_after_s
         return p_ok, self.fallback_healthy(now), held, effect
+
+    @property
+    def connected(self) -> bool:
+        return self.conn_state == "Connected"
+
+    def data_outage(self) -> bool:
+        """Unhealthy because data cannot arrive or does not (not a lag): the outages quality.py measures."""
+        return not self._linked() or self.stale
 
     def _linked(self) -> bool:
         return self.conn_state == "Connected" and self.authenticated and self._subscribed_ok
@@ -159,6 +170,8 @@ class Health:
             return reason
         if stale:
             return "stale stream"
+        if self.lagging and self._linked():
+            return "stream lagging"
         if self.conn_state != "Connected":
             return self._conn_reason
         return "not authenticated" if not self.authenticated else "not subscribed"

@@ -8,6 +8,7 @@ state comes in as one flag per call (``routed_now``); this part never decides it
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from exporter.core.config import FALLBACK, PRIMARY, CoreConfig
 from exporter.core.counters import Counters
 from exporter.core.events import FallbackPrice, PrimaryData
 from exporter.core.messages import (
+    EPOCH,
     TYPE_LABELS,
     Bar,
     CancelError,
@@ -32,6 +34,7 @@ from exporter.core.messages import (
     UpdatedBar,
     utc_from_ns,
 )
+from exporter.core.quality import BARS_PENDING_MAX, Quality
 from exporter.core.stats import LATENCY_BUCKETS, TIMED_KINDS, K, SymbolSeries
 from exporter.core.validation import check_bar, check_fallback, check_other
 
@@ -39,6 +42,7 @@ _CLOSED = BreakerState.CLOSED
 _INF = math.inf
 _LATENCY_FIRST_BOUND = LATENCY_BUCKETS[0]  # SymbolSeries.latency's buckets
 _TIMED = frozenset(TIMED_KINDS)
+_STATUS = K["status"]
 
 _OTHER_KINDS: dict[type, int] = {
     TradingStatus: K["status"],
@@ -64,15 +68,26 @@ class SymbolState:
     """Routing state of one configured symbol."""
 
     __slots__ = (
+        "bar_minutes",
         "breaker",
+        "halted",
+        "heard_at",
+        "interval",
         "last_price",
+        "mean_dt",
+        "mean_dt2",
+        "pending_minutes",
+        "resumed_at",
         "routed_price",
         "routed_source",
         "routed_wall",
+        "sample_from",
+        "samples",
         "seen_at",
         "seen_price",
         "series",
         "symbol",
+        "trade_minute",
     )
 
     def __init__(self, symbol: str, series: SymbolSeries | None) -> None:
@@ -85,13 +100,35 @@ class SymbolState:
         self.routed_price: float | None = None
         self.routed_source = ""
         self.routed_wall = 0.0
+        # Feed quality (quality.py). Times are monotonic unless named wall; minutes are Unix minutes.
+        self.heard_at = -math.inf  # receive time of the last frame with a message for the symbol
+        self.sample_from = -math.inf  # start of the interval sample being measured (a heard_at)
+        self.interval = 0.0  # typical interval, valid once ``samples`` >= INTERVAL_MIN_SAMPLES
+        self.samples = 0
+        self.mean_dt = self.mean_dt2 = 0.0  # the weighted means of the intervals and their squares
+        self.halted: bool | None = None  # None until a trading status says
+        self.resumed_at = -math.inf
+        self.trade_minute = math.nan  # minute of the last trade (nan: none since the last outage)
+        self.pending_minutes: set[float] = set()  # traded minutes awaiting their bar
+        self.bar_minutes: deque[float] = deque(maxlen=BARS_PENDING_MAX)  # minutes whose bar came
 
 
 class Ingest:
-    __slots__ = ("_live_max_s", "_max_age_s", "_skew_s", "_trips", "clock", "config", "counters", "symbols")
+    __slots__ = (
+        "_live_max_s",
+        "_max_age_s",
+        "_skew_s",
+        "_trips",
+        "clock",
+        "config",
+        "counters",
+        "quality",
+        "symbols",
+    )
 
-    def __init__(self, config: CoreConfig, clock: Clock, counters: Counters) -> None:
+    def __init__(self, config: CoreConfig, clock: Clock, counters: Counters, quality: Quality) -> None:
         self.config = config
+        self.quality = quality
         self.clock = clock
         self.counters = counters
         self._max_age_s = config.max_message_age_s
@@ -122,6 +159,9 @@ class Ingest:
         percent = self.config.breaker_percent
         closed, inf, primary = _CLOSED, _INF, PRIMARY  # locals: cheaper loads
         rejected = counters.rejected
+        quality = self.quality
+        watch_bars = quality.watch_bars
+        td_age: float | None = None  # the age of the frame's last trade or quote (the lag's sample)
         n_routed = n_standby = n_rejected = n_data = 0
         for m in event.messages:
             cls = type(m)
@@ -135,7 +175,7 @@ class Ingest:
                 k = 0
                 p = m.p
                 price: float | None = p
-                age = (wall - m.t).total_seconds()
+                age = td_age = (wall - m.t).total_seconds()
                 live = False
                 if not (0.0 < p < inf):
                     reason = "invalid_price"
@@ -146,7 +186,7 @@ class Ingest:
             elif isinstance(m, Quote):  # no subclasses either
                 k = 1
                 bp, ap = m.bp, m.ap
-                age = (wall - m.t).total_seconds()
+                age = td_age = (wall - m.t).total_seconds()
                 live = False
                 if not (0.0 <= bp < inf and 0.0 <= ap < inf) or (bp == 0.0 and ap == 0.0):
                     reason = "invalid_price"
@@ -213,6 +253,22 @@ class Ingest:
                 rejected["unknown_symbol"] += 1
                 n_rejected += 1
                 continue
+            # Feed quality: per message one store; intervals are learned from it at each tick
+            # (Quality.tick). Trades only when bars are checked, and the rarer kinds.
+            st.heard_at = now
+            if k != 1:
+                if k == 0:
+                    # The trade's own minute (its wall time is the frame's minus its age).
+                    if watch_bars and reason is None and (minute := (wall_s - age) // 60.0) != st.trade_minute:
+                        quality.traded(st, minute)
+                elif k == 2:
+                    if watch_bars:
+                        assert isinstance(m, Bar)
+                        quality.bar(st, (m.t - EPOCH).total_seconds() // 60.0)
+                elif k == _STATUS:
+                    assert isinstance(m, TradingStatus)
+                    # Applied whatever its timestamp: a status repeated at subscription time is old but true.
+                    quality.trading_status(st, m.sc, now)
             series = st.series or other
             if reason is None and price is not None:
                 # _admit's common case inline: record the price as seen; a closed breaker whose
@@ -259,6 +315,8 @@ class Ingest:
         counters.routed[PRIMARY] += n_routed
         counters.standby[PRIMARY] += n_standby
         counters.rejected_by_source[PRIMARY] += n_rejected
+        if n_data:
+            quality.frame(now, td_age)
         n = len(event.messages)
         if n and metrics:
             # Decode-to-routed time of the frame, spread evenly over its messages.

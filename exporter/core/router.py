@@ -12,10 +12,12 @@ events, and metrics read the state kept in the parts.
   health.py    source health: the adapters' reports judged against the clock
   ingest.py    the hot path: market data validated, checked against breakers, routed or kept standby
   counters.py  exact counts of everything above, per symbol series under a label cap
+  quality.py   feed quality: subscriptions, halts, typical intervals, bars vs trades, gaps, lag
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from exporter.core.clock import Clock
@@ -32,11 +34,13 @@ from exporter.core.events import (
     PrimaryData,
     PrimaryError,
     PrimarySubscribed,
+    SubscriptionStatus,
     Tick,
 )
 from exporter.core.failover import TRANSITIONS, Failover, State, Transition, mermaid_diagram
 from exporter.core.health import Health, PrimaryStale
 from exporter.core.ingest import BreakerTripped, Ingest, SymbolState
+from exporter.core.quality import INTERVAL_MIN_SAMPLES, Quality
 
 Effect = Transition | BreakerTripped | PrimaryStale
 _NONE: tuple[Effect, ...] = ()
@@ -49,8 +53,10 @@ class Core:
         self.config = config
         self.clock = clock
         self.counters = Counters(config.max_symbol_series)
-        self.ingest = Ingest(config, clock, self.counters)
+        self.quality = Quality(config, clock, self.counters.other)
+        self.ingest = Ingest(config, clock, self.counters, self.quality)
         self.health = Health(config, clock)
+        self._primary_ok = False  # the primary's health at the last evaluation (outages start on its fall)
         self.failover = Failover(clock)
         # What other code reads (metrics' tests, the benchmark, the soak): the parts' own objects.
         c = self.counters
@@ -71,6 +77,8 @@ class Core:
             self.ingest.fallback(event, now, self.failover.state is _FALLBACK_ACTIVE)
         elif cls is Tick:
             self.ingest.tick(now)
+            self.quality.tick(now, self.clock.wall_ns() / 1e9, self.health.connected, self.symbols.values())
+            self.health.lagging = self.quality.lagging
         elif cls is PrimaryConnection:
             assert isinstance(event, PrimaryConnection)
             self.health.connection(event)
@@ -80,6 +88,10 @@ class Core:
         elif cls is PrimarySubscribed:
             assert isinstance(event, PrimarySubscribed)
             self.health.subscription(event.symbols, now)
+        elif cls is SubscriptionStatus:
+            assert isinstance(event, SubscriptionStatus)
+            self.quality.subscription(event)
+            return _NONE  # what the client could not subscribe changes no health
         elif cls is PrimaryError:
             assert isinstance(event, PrimaryError)
             self.counters.error(event.type)
@@ -100,6 +112,10 @@ class Core:
     def _evaluate(self, now: float) -> Sequence[Effect]:
         health = self.health
         p_ok, f_ok, held, stale = health.judge(now, self.failover.state is _PRIMARY_ACTIVE)
+        if p_ok is not self._primary_ok:
+            self._primary_ok = p_ok
+            if not p_ok and health.data_outage():
+                self.quality.outage(now, health.last_data_at)
         transition = self.failover.step(p_ok, f_ok, held, health.primary_reason, now)
         trips = self.ingest.take_trips()
         if stale is None and transition is None and not trips:
@@ -153,7 +169,7 @@ class Core:
     def status(self) -> dict[str, object]:
         now = self.clock.monotonic()
         wall = self.clock.wall_ns() / 1e9
-        failover, health = self.failover, self.health
+        failover, health, quality = self.failover, self.health, self.quality
         primary_healthy = health.primary_healthy(now)
         return {
             "router": {
@@ -173,6 +189,8 @@ class Core:
                     if health.last_data_at is None
                     else round(now - health.last_data_at, 3),
                     "stale": health.stale,
+                    "lag_seconds": None if quality.lag is None else round(quality.lag, 3),
+                    "subscription": quality.subscription_status(),
                     "reason": None if primary_healthy else health.primary_reason,
                 },
                 FALLBACK: {
@@ -191,6 +209,9 @@ class Core:
                     "last_update_age_seconds": round(wall - st.routed_wall, 3) if st.routed_wall else None,
                     "prices": dict(st.last_price),
                     "breaker": st.breaker.state.name,
+                    "halted": st.halted,
+                    "typical_interval_seconds": round(st.interval, 3) if st.samples >= INTERVAL_MIN_SAMPLES else None,
+                    "seconds_since_last_message": None if st.heard_at == -math.inf else round(now - st.heard_at, 3),
                 }
                 for sym, st in self.symbols.items()
             },

@@ -62,6 +62,7 @@ PROCESSING_MS_BUCKETS = (
     1000.0,
 )
 RECOVERY_BUCKETS = (1.0, 5.0, 10.0, 20.0, 30.0, 60.0)
+GAP_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 900.0, 1800.0)  # CONTRACT §11
 DEPENDENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 # Message type label values of alpaca_messages_received_total, in a fixed index order.
@@ -112,7 +113,7 @@ class SymbolSeries:
     against a plain histogram.
     """
 
-    __slots__ = ("breaker_trips", "label", "latency", "live_sum", "received", "unobserved")
+    __slots__ = ("bars_missing", "breaker_trips", "label", "latency", "live_sum", "received", "unobserved")
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -121,6 +122,7 @@ class SymbolSeries:
         self.live_sum = 0.0  # sum of the first-bucket observations not in ``latency``
         self.unobserved = 0  # timed messages received but not observed (not routed)
         self.breaker_trips = 0
+        self.bars_missing = 0  # minutes with trades but no minute bar (quality.py)
 
     def latency_histogram(self) -> Histogram:
         """The full latency histogram of this series (a new object; for scrapes and reports)."""

@@ -17,7 +17,7 @@ from exporter.core.events import (
     PrimarySubscribed,
     Tick,
 )
-from exporter.core.messages import Bar, Message, Quote, Trade, utc_from_ns
+from exporter.core.messages import Bar, Message, Quote, Trade, TradingStatus, UpdatedBar, utc_from_ns
 from exporter.core.router import BreakerTripped, Core, CoreConfig, Effect, PrimaryStale, State, Transition
 
 SYMBOLS = ("AAPL", "MSFT")
@@ -80,6 +80,19 @@ class Harness:
 
     def bar(self, symbol: str = "AAPL", c: float = 100.0, *, age_s: float = 0.0) -> Bar:
         return Bar(S=symbol, o=c, h=c, l=c, c=c, t=self.ts(age_s), v=100)
+
+    def minute_bar(
+        self, minute_start_s: float, symbol: str = "AAPL", c: float = 100.0, *, updated: bool = False
+    ) -> Bar:
+        """The bar of the minute starting at the Unix time ``minute_start_s`` (an updated bar if asked)."""
+        cls = UpdatedBar if updated else Bar
+        return cls(S=symbol, o=c, h=c, l=c, c=c, t=utc_from_ns(int(minute_start_s * 1e9)), v=100)
+
+    def status(self, symbol: str = "AAPL", code: str = "H", *, age_s: float = 0.0) -> TradingStatus:
+        return TradingStatus(S=symbol, t=self.ts(age_s), sc=code)
+
+    def wall_s(self) -> float:
+        return self.clock.wall_ns() / 1e9
 
     def frame(self, *messages: Message, decode_seconds: float = 0.0) -> list[Effect]:
         return self.send(PrimaryData(list(messages), received_at=self.clock.monotonic(), decode_seconds=decode_seconds))
