@@ -130,6 +130,7 @@ class SimulatorStats:
     sent_by_type: Counter[str] = field(default_factory=Counter)  # T -> items sent (control too)
     errors_sent: Counter[int] = field(default_factory=Counter)  # error code -> frames sent
     malformed_sent: int = 0
+    bars_dropped: int = 0  # minute bars withheld by drop_bar
     client_messages: Counter[str] = field(default_factory=Counter)  # action -> client messages
     pings_received: int = 0
     pongs_sent: int = 0
@@ -1231,6 +1232,7 @@ class AlpacaSimulator:
                 del session.bars[symbol]
                 if self._drop_bars[symbol] > 0 and acc.start % 60 == 0:
                     self._drop_bars[symbol] -= 1  # withheld: trades of that minute, but no bar
+                    self.stats.bars_dropped += 1
                 elif session.wants("bars", symbol):
                     items.append(acc.item("b", symbol))
                 forced = symbol in self._force_updates
