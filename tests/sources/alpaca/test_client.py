@@ -748,3 +748,12 @@ def test_config_validation() -> None:
     ):
         with pytest.raises(ValueError, match=r"."):
             dataclasses.replace(good, **bad)
+
+
+async def test_a_long_list_goes_in_messages_of_200_entries(market: Market) -> None:
+    symbols = tuple(f"S{i:03d}" for i in range(450))
+    async with await _sim(market) as sim, running(_config(sim, symbols=symbols, channels=("trades",))) as (client, rec):
+        await rec.wait(lambda: rec.connected_count() == 1)
+        assert sim.stats.client_messages["subscribe"] == 3  # 200 + 200 + 50
+        assert client.status.subscribed_symbols == frozenset(symbols)
+        assert rec.of(SubscriptionStatus) == [SubscriptionStatus({"trades": ()})] * 4  # three acks, the outcome
