@@ -10,10 +10,14 @@ benchmarks, and the official SDK (alpaca-py) streams from it unchanged:
 - ``connected`` on open, the auth deadline (404), credential check (402), header auth (then 403 for an
   auth message), one connection per key and endpoint (406) with a zombie hold for sockets that vanished
   without a close frame, feed entitlement (409), symbol cap (405, state unchanged), 401/400/410;
+- subscriptions applied only in part (the first N symbols of each list, as real Alpaca was seen to do
+  with large lists), silently: the ack shows what was kept;
 - additive/subtractive subscriptions acknowledged with the full state (corrections and cancelErrors
   mirror trades; ``/v2/test`` shows trades, quotes and bars only and streams ``FAKEPACA``);
 - a data generator: batched mixed-type frames at a set rate from the shared :class:`Market`, minute
   bars at period marks, occasional updated bars, daily bars, rare statuses/LULDs/corrections/cancels;
+  illiquid symbols (a trade every few minutes); halts and resumptions with real status codes (no
+  trades or quotes while halted); a dropped minute bar; updated bars on demand;
 - a pre-generated feed mode for benchmarks (:func:`generate_feed`, :meth:`AlpacaSimulator.send_feed`);
 - fault injection scripted by tests and the demo (methods of :class:`AlpacaSimulator`), and counters
   (:class:`SimulatorStats`).
@@ -126,6 +130,7 @@ class SimulatorStats:
     sent_by_type: Counter[str] = field(default_factory=Counter)  # T -> items sent (control too)
     errors_sent: Counter[int] = field(default_factory=Counter)  # error code -> frames sent
     malformed_sent: int = 0
+    bars_dropped: int = 0  # minute bars withheld by drop_bar
     client_messages: Counter[str] = field(default_factory=Counter)  # action -> client messages
     pings_received: int = 0
     pongs_sent: int = 0
@@ -205,6 +210,7 @@ class AlpacaSession:
         self.pending_updates: deque[tuple[float, Item]] = deque()
         self.last_trades: dict[str, Item] = {}
         self.trade_ids: Counter[str] = Counter()
+        self.next_illiquid: dict[str, float] = {}  # illiquid symbol -> market time of its next message
 
     @property
     def is_test(self) -> bool:
@@ -280,6 +286,9 @@ class AlpacaSimulator:
       slow client (407 then close); None: unlimited (the generator simply waits for the socket).
     - ``ping_interval``: server-initiated pings (None: the server only answers the client's pings).
     - ``compression``: ``"deflate"`` (permessage-deflate, as Alpaca offers) or None.
+    - ``partial_subscribe``: apply only the first N symbols of each channel list of a subscribe
+      message, silently (None: all). :meth:`apply_partially` sets it at run time.
+    - ``illiquid``: symbol -> seconds between its trades/quotes (a trade every few minutes), per session.
     - ``feed``: pre-encoded frames streamed once to each session after its first subscription, instead
       of generated data; :attr:`feed_done` is set when a session has been sent all of them.
     """
@@ -315,6 +324,8 @@ class AlpacaSimulator:
         max_size: int | None = 2**20,
         feed: Sequence[str | bytes] | None = None,
         seed: int = 0,
+        partial_subscribe: int | None = None,
+        illiquid: dict[str, float] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -361,6 +372,12 @@ class AlpacaSimulator:
         self._refuse_remaining: int | None = None
         self._close_new = False
         self._spikes: dict[str, list[float]] = {}  # symbol -> [factor, remaining trades]
+        self._partial = partial_subscribe
+        self._partial_remaining: int | None = None  # subscribe messages still applied in part (None: all)
+        self.illiquid: dict[str, float] = dict(illiquid or {})
+        self.halted: set[str] = set()
+        self._drop_bars: Counter[str] = Counter()  # symbol -> minute bars still to withhold
+        self._force_updates: set[str] = set()  # symbols whose next bar gets a `u` for sure
         self._rate_changed = asyncio.Event()
         self._changed = asyncio.Event()
         self.port = 0
@@ -458,6 +475,56 @@ class AlpacaSimulator:
         """Multiply the price of the next ``count`` generated trades and quotes of ``symbol`` (over
         all sessions) by ``factor``. The shared Market is unaffected: a spike is a bad print on this feed."""
         self._spikes[symbol] = [factor, float(count)]
+
+    def apply_partially(self, limit: int | None, *, count: int | None = None) -> None:
+        """Apply only the first ``limit`` symbols of each channel list of the next ``count`` subscribe
+        messages (every one when ``count`` is None); the rest is silently left out, and the ack shows
+        what the server holds. ``limit=None`` applies subscriptions in full again."""
+        self._partial = limit
+        self._partial_remaining = count
+
+    def set_illiquid(self, symbol: str, interval: float | None) -> None:
+        """``symbol`` trades (or quotes) at most once per ``interval`` seconds per session; None: freely."""
+        if interval is None:
+            self.illiquid.pop(symbol, None)
+        else:
+            self.illiquid[symbol] = interval
+
+    async def halt(self, symbol: str, *, pause: bool = False) -> int:
+        """A trading halt (or a LULD volatility pause) of ``symbol`` with its tape's real status codes:
+        CTA (tapes A/B) ``2`` Trading Halt, UTP (tape C) ``H`` Trading Halt or ``P`` Volatility Trading
+        Pause. No trades or quotes of it are generated until :meth:`resume`. Returns the sessions told."""
+        self.halted.add(symbol)
+        if _tape(symbol) == "C":
+            code, text = ("P", "Volatility Trading Pause") if pause else ("H", "Trading Halt")
+        else:
+            code, text = "2", "Trading Halt"
+        reason, why = ("LUDP", "Volatility Trading Pause") if pause else ("T1", "Halt News Pending")
+        return await self._send_status(symbol, code, text, reason, why)
+
+    async def resume(self, symbol: str) -> int:
+        """Trading resumes: CTA ``3`` Resume, UTP ``T`` Trading Resumption; data of it flows again."""
+        self.halted.discard(symbol)
+        code, text = ("T", "Trading Resumption") if _tape(symbol) == "C" else ("3", "Resume")
+        return await self._send_status(symbol, code, text, "", "")
+
+    async def _send_status(self, symbol: str, code: str, text: str, reason: str, why: str) -> int:
+        ns = int(self.market.now() * 1e9)
+        item = {"T": "s", "S": symbol, "sc": code, "sm": text, "rc": reason, "rm": why, "t": ns, "z": _tape(symbol)}
+        sent = 0
+        for session in list(self._sessions):
+            if session.authenticated and session.wants("statuses", symbol):
+                sent += await self._send_items(session, [dict(item)], data=True)
+        return sent
+
+    def drop_bar(self, symbol: str, *, count: int = 1) -> None:
+        """Withhold the next ``count`` minute bars of ``symbol`` (bars starting on a whole minute; with
+        the default 60 s period, simply the next bars) although its trades were sent."""
+        self._drop_bars[symbol] += count
+
+    def update_bar(self, symbol: str) -> None:
+        """The next bar of ``symbol`` is revised by a `u` half a period later (late trades)."""
+        self._force_updates.add(symbol)
 
     # ------------------------------------------------------------------ faults
 
@@ -834,6 +901,10 @@ class AlpacaSimulator:
                 await self._send_error(session, 400)
                 return
             changes[key] = value
+        if action == "subscribe" and self._partial is not None and self._partial_remaining != 0:
+            changes = {key: value[: self._partial] for key, value in changes.items()}
+            if self._partial_remaining is not None:
+                self._partial_remaining -= 1
         new = {channel: dict(symbols) for channel, symbols in session.subs.items()}
         for channel, symbols in changes.items():
             chosen = new.setdefault(channel, {})
@@ -1011,8 +1082,15 @@ class AlpacaSimulator:
         now = self.market.now()
         ns = int(now * 1e9)
         items: list[Item] = []
+        illiquid, halted = self.illiquid, self.halted
         for _ in range(n):
             symbol = universe[rng.randrange(len(universe))]
+            if halted and symbol in halted:
+                continue
+            if illiquid and symbol in illiquid:
+                if now < session.next_illiquid.get(symbol, 0.0):
+                    continue
+                session.next_illiquid[symbol] = now + illiquid[symbol]
             t = ns + rng.randrange(1000)  # sub-microsecond digits, as SIP timestamps have
             wants_t = session.wants("trades", symbol)
             wants_q = session.wants("quotes", symbol)
@@ -1079,7 +1157,7 @@ class AlpacaSimulator:
         rng = session.rng
         symbol = universe[rng.randrange(len(universe))]
         kinds = []
-        if session.wants("statuses", symbol):
+        if session.wants("statuses", symbol) and symbol not in self.halted:
             kinds.append("s")
         if session.wants("lulds", symbol):
             kinds.append("l")
@@ -1093,7 +1171,9 @@ class AlpacaSimulator:
         price = self.market.price(symbol)
         z = _tape(symbol)
         if kind == "s":
-            return {"T": "s", "S": symbol, "sc": "T", "sm": "Trading Resumption", "rc": "", "rm": "", "t": ns, "z": z}
+            # A resumption of a symbol that was trading (harmless, as the real feed's repeats are).
+            code, text = ("T", "Trading Resumption") if z == "C" else ("3", "Resume")
+            return {"T": "s", "S": symbol, "sc": code, "sm": text, "rc": "", "rm": "", "t": ns, "z": z}
         if kind == "l":
             return {
                 "T": "l",
@@ -1150,9 +1230,16 @@ class AlpacaSimulator:
                 if acc.start >= current and not force:
                     continue
                 del session.bars[symbol]
-                if session.wants("bars", symbol):
+                if self._drop_bars[symbol] > 0 and acc.start % 60 == 0:
+                    self._drop_bars[symbol] -= 1  # withheld: trades of that minute, but no bar
+                    self.stats.bars_dropped += 1
+                elif session.wants("bars", symbol):
                     items.append(acc.item("b", symbol))
-                if session.wants("updatedBars", symbol) and session.rng.random() < self.updated_bar_probability:
+                forced = symbol in self._force_updates
+                self._force_updates.discard(symbol)
+                if session.wants("updatedBars", symbol) and (
+                    forced or session.rng.random() < self.updated_bar_probability
+                ):
                     late = acc.item("u", symbol)
                     late["v"] += 100
                     late["n"] += 1

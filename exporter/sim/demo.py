@@ -33,7 +33,8 @@ def demo_settings(alpaca_url: str, yahoo_url: str, *, port: int | None, **overri
         "apca_api_secret_key": DEMO_SECRET,
         "symbols": ",".join(DEMO_SYMBOLS),
         "alpaca_url": alpaca_url,
-        "alpaca_channels": "trades,quotes,bars",
+        # statuses for the halt, bars with trades for the missing bar (CONTRACT section 11).
+        "alpaca_channels": "trades,quotes,bars,statuses",
         "yahoo_url": yahoo_url,
         "yahoo_interval_seconds": 1.0,
         "yahoo_standby_interval_seconds": 2.0,

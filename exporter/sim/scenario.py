@@ -25,12 +25,29 @@ Action = Callable[[], Awaitable[None]]
 
 
 class Faults:
-    """Faults on the two simulators; bad prints go to the first symbol, spikes to the second."""
+    """Faults on the two simulators; bad prints and missing bars go to the first symbol, spikes and
+    halts to the second."""
 
     def __init__(self, alpaca: AlpacaSimulator, yahoo: YahooSimulator, symbols: Sequence[str]) -> None:
         self.alpaca = alpaca
         self.yahoo = yahoo
         self.first, self.second = symbols[0], symbols[1 % len(symbols)]
+
+    async def partial_subscription(self, kept: int) -> None:
+        """The next subscribe message is applied only for the first ``kept`` symbols of each list (as
+        Alpaca was seen to do with long lists): the client finds the rest missing and repairs it."""
+        self.alpaca.apply_partially(kept, count=1)
+
+    async def halt(self, on: bool = True) -> None:
+        """A trading halt of the second symbol (its tape's real status code), or its resumption."""
+        if on:
+            await self.alpaca.halt(self.second)
+        else:
+            await self.alpaca.resume(self.second)
+
+    async def missing_bar(self) -> None:
+        """The first symbol's next minute bar never comes, although its trades did."""
+        self.alpaca.drop_bar(self.first)
 
     async def bad_prints(self) -> None:
         """A zero price, a crossed quote, a trade from the future, an unsubscribed symbol, an unknown
@@ -101,6 +118,7 @@ class Faults:
         self.alpaca.set_pong(True)
         self.alpaca.refuse_connections(None)
         self.alpaca.close_new_connections(False)
+        self.alpaca.apply_partially(None)
         self.yahoo.clear_faults()
 
 
@@ -123,7 +141,12 @@ def demo_steps(faults: Faults) -> list[Step]:
         faults.alpaca.zombie_hold = 1.0
         await faults.drop(refuse=503)
 
+    async def alpaca_back() -> None:
+        await faults.partial_subscription(3)
+        await faults.accept()
+
     return [
+        Step(3, f"{first}'s next minute bar is withheld although it traded: a missing bar", faults.missing_bar),
         Step(
             5,
             f"bad prints on {first}: zero price, crossed quote, future timestamp, unknown symbol/type",
@@ -137,9 +160,13 @@ def demo_steps(faults: Faults) -> list[Step]:
         Step(14, "Alpaca outage: TCP dropped without a close frame, reconnects refused -> failover", alpaca_outage),
         Step(
             24,
-            "Alpaca accepts again; the dropped slot is still held (406), then failback after hysteresis",
-            faults.accept,
+            "Alpaca accepts again; the dropped slot is still held (406); the subscription is applied only in "
+            "part and repaired; failback after hysteresis",
+            alpaca_back,
         ),
+        # The second symbol sorts among the three kept by the partial subscription: its statuses arrive.
+        Step(27, f"{second} halted (trading-status message): silence that is not staleness", faults.halt),
+        Step(32, f"{second} resumes trading", partial(faults.halt, False)),
         Step(34, "Alpaca goes mute while answering pings: stale stream detected -> reconnect, failover", faults.mute),
         Step(37, "Alpaca data flows again", partial(faults.mute, False)),
         Step(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import resource
@@ -125,18 +126,20 @@ async def test_endpoints_answer_within_a_timeout_during_a_flood(rstack: Any) -> 
 
 
 async def test_more_symbols_than_the_plan_allows(rstack: Any, caplog: Any) -> None:
-    """Alpaca answers 405 when the subscription exceeds the plan's symbol limit (Basic: 30). The daemon
-    counts symbol_limit_exceeded, runs on the fallback and retries only every FATAL_RETRY (2 s here,
-    300 s by default): never a hot loop."""
+    """Alpaca answers 405 when the subscription exceeds the plan's symbol limit (Basic: 30), and keeps
+    its state as it was. The client narrows the list down (halves, then single symbols), keeps the
+    symbols that fit and stays on the primary; the one that does not fit is refused and shown, with a
+    bounded number of 405s: never a hot loop."""
     async with rstack(sim={"symbol_limit": 2}) as s:  # three symbols configured
-        await s.wait_state(State.FALLBACK_ACTIVE, timeout=3.0)
-        await s.wait_for(lambda: s.core.errors["symbol_limit_exceeded"] >= 1, 3.0, "a 405")
+        await s.wait_state(State.PRIMARY_ACTIVE, timeout=3.0)
         await asyncio.sleep(1.0)
         await s.metrics()
-        assert s.core.errors["symbol_limit_exceeded"] <= 2  # the first attempt, then one per 2 s at most
-        ended = records(caplog, "exporter.alpaca", "alpaca connection ended; retrying slowly", 40)
-        assert len(ended) == s.core.errors["symbol_limit_exceeded"]
-        assert all(r.retry_in_seconds >= 2.0 * 0.8 for r in ended)
+        status = s.daemon.alpaca.status
+        assert len(status.subscribed_symbols) == 2
+        assert len(status.subscription_refused) == 1
+        # [3 symbols] refused, [1] kept, [2] refused, [1] kept, [1] refused: the plan is full.
+        assert s.core.errors["symbol_limit_exceeded"] == 3
+        assert len(records(caplog, "exporter.alpaca", "alpaca symbol limit reached", logging.WARNING)) == 1
         assert s.core.failovers == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
@@ -750,4 +751,117 @@ async def test_constructor_feed_streams_after_subscription() -> None:
         assert got == list(feed)
         async with asyncio.timeout(1):
             await sim.feed_done.wait()
+        await ws.close()
+
+
+# ---------------------------------------------------------------- feed quality faults
+
+
+async def test_partial_subscription_keeps_the_first_symbols_of_each_list(sim: AlpacaSimulator) -> None:
+    sim.apply_partially(2, count=1)
+    ws = await session(sim)
+    ack = await subscribe(ws, trades=["AAPL", "MSFT", "AMD", "SPY"], quotes=["SPY", "AMD", "MSFT"])
+    assert (ack["trades"], ack["quotes"]) == (["AAPL", "MSFT"], ["SPY", "AMD"])
+    assert ack["corrections"] == ["AAPL", "MSFT"]
+    # Only the next subscribe was partial: the repair of the rest is applied in full.
+    ack = await subscribe(ws, trades=["AMD", "SPY"], quotes=["MSFT"])
+    assert (ack["trades"], ack["quotes"]) == (["AAPL", "MSFT", "AMD", "SPY"], ["SPY", "AMD", "MSFT"])
+    await ws.close()
+
+
+async def _collect(ws: ClientConnection, seconds: float) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            while True:
+                items += decode(await ws.recv())
+    return items
+
+
+# Real trading-status codes: CTA (tapes A and B) and UTP (tape C).
+HALT_CODES = {"A": "2", "B": "2", "C": "H"}
+RESUME_CODES = {"A": "3", "B": "3", "C": "T"}
+
+
+@pytest.mark.parametrize("symbol", ["AAPL", "SPY", "GOOG"])  # tapes A, B and C in the simulator
+async def test_halt_and_resume_with_the_tapes_status_codes(symbol: str) -> None:
+    symbols = [*SYMBOLS, "GOOG"]
+    async with AlpacaSimulator(Market(symbols, seed=1), rate=2000, batch_size=5, rare_probability=0) as sim:
+        ws = await session(sim)
+        await subscribe(ws, trades=symbols, statuses=[symbol])
+        assert await sim.halt(symbol) == 1
+        items = await _collect(ws, 0.4)
+        statuses = [it for it in items if it["T"] == "s"]
+        assert [s["sc"] for s in statuses] == [HALT_CODES[statuses[0]["z"]]]
+        assert statuses[0]["S"] == symbol
+        after = items[items.index(statuses[0]) + 1 :]
+        assert [it for it in after if it["S"] == symbol] == []  # nothing trades while halted
+        assert any(it["T"] == "t" for it in after)  # the others do
+        assert await sim.resume(symbol) == 1
+        items = await _collect(ws, 0.4)
+        resumed = [it for it in items if it["T"] == "s"]
+        assert [s["sc"] for s in resumed] == [RESUME_CODES[resumed[0]["z"]]]
+        assert any(it["T"] == "t" and it["S"] == symbol for it in items)
+        await ws.close()
+
+
+async def test_a_volatility_pause_on_tape_c_is_p() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=0) as sim:
+        ws = await session(sim)
+        await subscribe(ws, statuses=["GOOG"])  # GOOG is on tape C in the simulator
+        await sim.halt("GOOG", pause=True)
+        (status,) = await recv(ws)
+        assert (status["sc"], status["rc"], status["z"]) == ("P", "LUDP", "C")
+        await ws.close()
+
+
+async def test_an_illiquid_symbol_trades_once_per_interval() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=2000, batch_size=5, rare_probability=0) as sim:
+        sim.set_illiquid("AAPL", 300.0)
+        ws = await session(sim)
+        await subscribe(ws, trades=["AAPL", "MSFT"])
+        trades = Counter(it["S"] for it in await _collect(ws, 0.5) if it["T"] == "t")
+        assert trades["AAPL"] == 1
+        assert trades["MSFT"] > 100
+        await ws.close()
+
+
+async def test_a_dropped_minute_bar_is_withheld_while_its_trades_were_sent() -> None:
+    async with AlpacaSimulator(Market(SYMBOLS), rate=2000, batch_size=5, rare_probability=0) as sim:
+        ws = await session(sim)
+        await subscribe(ws, trades=["AAPL", "MSFT"], bars=["AAPL", "MSFT"])
+        traded = Counter(it["S"] for it in await _collect(ws, 0.2) if it["T"] == "t")
+        assert traded["AAPL"] > 0
+        assert traded["MSFT"] > 0
+        sim.drop_bar("AAPL")
+        sim.set_rate(0)
+        await asyncio.sleep(0.05)
+        await sim.flush_bars()
+        bars = [it["S"] for it in await _collect(ws, 0.3) if it["T"] == "b"]
+        assert bars == ["MSFT"]
+        # Only one bar was dropped: the next minute's comes.
+        sim.set_rate(2000)
+        await _collect(ws, 0.1)
+        sim.set_rate(0)
+        await asyncio.sleep(0.05)
+        await sim.flush_bars()
+        assert sorted(it["S"] for it in await _collect(ws, 0.3) if it["T"] == "b") == ["AAPL", "MSFT"]
+        await ws.close()
+
+
+async def test_an_updated_bar_follows_its_bar_half_a_period_later() -> None:
+    market = Market(SYMBOLS)
+    async with AlpacaSimulator(
+        market, rate=2000, batch_size=5, rare_probability=0, bar_period=1.0, updated_bar_probability=0
+    ) as sim:
+        ws = await session(sim)
+        await subscribe(ws, trades=["AAPL"], bars=["AAPL"], updatedBars=["AAPL"])
+        sim.update_bar("AAPL")
+        items = await _collect(ws, 2.5)
+        bars = [it for it in items if it["T"] == "b"]
+        updates = [it for it in items if it["T"] == "u"]
+        assert len(updates) == 1  # forced once; the probability is 0 otherwise
+        (revised,) = [b for b in bars if b["t"] == updates[0]["t"]]
+        assert updates[0]["v"] == revised["v"] + 100
+        assert items.index(updates[0]) > items.index(revised)
         await ws.close()

@@ -10,7 +10,7 @@ import pytest
 
 from exporter.core.router import State
 from exporter.settings import ConfigError
-from exporter.sim.demo import Demo
+from exporter.sim.demo import DEMO_SYMBOLS, Demo
 
 
 async def test_running_serves_the_daemon_on_the_simulators_and_stops_it() -> None:
@@ -47,3 +47,27 @@ async def test_running_raises_when_the_daemon_cannot_start() -> None:
         assert done, "the start waits for ever on a busy port"
         with pytest.raises(ConfigError, match=r"EXPORTER_PORT: cannot listen on .*: Address already in use"):
             attempt.result()
+
+
+async def test_the_demo_repairs_a_partial_subscription_and_sees_a_halt() -> None:
+    demo = Demo(port=0, host="127.0.0.1", log_level="WARNING")
+    async with demo.running() as daemon:
+        client, sim = daemon.alpaca, demo.alpaca
+        async with asyncio.timeout(10):
+            while not client.status.connected:
+                await asyncio.sleep(0.05)
+            assert sim.stats.subscriptions["statuses"] == sorted(DEMO_SYMBOLS)  # the halt's channel
+            await demo.faults.partial_subscription(3)
+            await sim.drop_connections(hold_slot=False)
+            while client.status.subscription_repairs < 1 or not client.status.connected:
+                await asyncio.sleep(0.05)
+            while any(client.status.subscription_missing.values()):
+                await asyncio.sleep(0.05)
+        assert sim.stats.client_messages["subscribe"] == 3  # first connection, the partial one, the repair
+        assert sim.stats.subscriptions["trades"] == sorted(DEMO_SYMBOLS)
+        halts = sim.stats.sent_by_type["s"]
+        await demo.faults.halt()
+        assert sim.halted == {demo.faults.second}
+        await demo.faults.halt(False)
+        assert sim.halted == set()
+        assert sim.stats.sent_by_type["s"] >= halts + 2

@@ -18,6 +18,23 @@ When a connection ends, :class:`~exporter.sources.alpaca.protocol.ReconnectPolic
 minutes after a fatal error (bad credentials, plan), at least the connection-limit floor after a 406,
 jittered exponential backoff otherwise, reset after a healthy period. It never loops hot.
 
+Subscriptions (CONTRACT sections 7 and 11). The wanted set goes out in chunks of at most
+``subscribe_chunk`` (channel, symbol) entries (``protocol.SUBSCRIBE_CHUNK_ENTRIES``, 200: one unfragmented
+frame, well below the long lists Alpaca was seen to apply only in part), each answered by its ack before
+the next is sent. Every ack is compared with what this connection asked for, channel by channel, and
+reported as a :class:`~exporter.core.events.SubscriptionStatus`; so is the outcome of every repair.
+
+- A repair re-sends a subscribe for the left-out symbols only. It is bounded: at most
+  ``repair_attempts`` (5) per connection, waiting a jittered exponential backoff from
+  ``repair_backoff_base`` (1 s) up to ``repair_backoff_max`` (30 s) before each, so about 30 s in all.
+  After that the client keeps reporting what is missing and tries again on the next reconnect (which
+  re-sends the whole set, as every reconnect does). Each re-sent message counts in ``repairs``.
+- A 405 (symbol limit) leaves the server's state as it was, so the refused chunk is halved and each half
+  tried again; when a single symbol is refused the plan is full, and it and every symbol not yet sent
+  are ``refused`` (until the next connection). The symbols that fit stay subscribed; the limit (when the
+  server's text names one) and the shortfall are logged and shown on /status. Only when nothing at all
+  fits does the connection end, as fatal (retried slowly).
+
 Error counting (``PrimaryError.type``): server error codes per ``protocol.classify_error``;
 ``connection_failed`` when no usable stream was established (refused, unreachable, a handshake step
 timed out or the socket closed before the subscription was confirmed); ``connection_lost`` when an
@@ -34,7 +51,8 @@ import logging
 import math
 import random
 import socket
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -55,6 +73,7 @@ from exporter.core.events import (
     PrimaryData,
     PrimaryError,
     PrimarySubscribed,
+    SubscriptionStatus,
 )
 from exporter.sources.alpaca import protocol
 from exporter.sources.alpaca.codec import (
@@ -118,6 +137,10 @@ class AlpacaClientConfig:
     healthy_reset: float = 60.0
     jitter: Jitter = "equal"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    subscribe_chunk: int = protocol.SUBSCRIBE_CHUNK_ENTRIES  # (channel, symbol) entries per subscribe message
+    repair_attempts: int = 5  # re-subscribes for left-out symbols per connection
+    repair_backoff_base: float = 1.0
+    repair_backoff_max: float = 30.0
 
     def __post_init__(self) -> None:
         if self.encoding not in ("json", "msgpack"):
@@ -131,6 +154,9 @@ class AlpacaClientConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         Backoff(self.backoff_base, self.backoff_max)  # validates the bounds
+        Backoff(self.repair_backoff_base, self.repair_backoff_max)
+        if self.subscribe_chunk < 1 or self.repair_attempts < 0:
+            raise ValueError("subscribe_chunk must be >= 1 and repair_attempts >= 0")
 
     def retry_settings(self) -> protocol.RetrySettings:
         return protocol.RetrySettings(
@@ -155,6 +181,10 @@ class ClientStatus:
     reconnects: int  # attempts after the first
     last_error: str | None  # "type: detail" of the latest error
     next_retry_in: float | None  # seconds until the next attempt while waiting, else None
+    subscription_missing: dict[str, tuple[str, ...]]  # wanted channel -> symbols the latest ack lacks
+    subscription_refused: tuple[str, ...]  # symbols the plan's symbol limit (405) cannot hold
+    symbol_limit: int | None  # the limit, when the server's 405 named it
+    subscription_repairs: int  # subscribe messages re-sent for left-out symbols since start
 
 
 class _Ended(Exception):
@@ -186,6 +216,7 @@ class AlpacaClient:
         self._emit_callback = emit
         self._timers = timers = timers or LoopTimers()
         self._clock = timers.monotonic
+        self._rng = rng
         self._retry = protocol.ReconnectPolicy(config.retry_settings(), rng=rng)
         self._plan = protocol.subscription_plan(config.channels, config.symbols)
         self._headers = protocol.content_type_headers(config.encoding)
@@ -197,6 +228,15 @@ class AlpacaClient:
         self._attempts = 0
         self._last_error: str | None = None
         self._retry_at: float | None = None
+        # Subscription bookkeeping: what this connection asked for, what the latest ack holds.
+        self._requested: dict[str, frozenset[str]] = {}
+        self._held: Mapping[str, frozenset[str]] = {}
+        self._refused: frozenset[str] = frozenset()
+        self._limit: int | None = None
+        self._repairs = 0
+        self._repair_attempts = 0  # this connection's
+        self._repair_task: asyncio.Task[None] | None = None
+        self._reply_waiter: asyncio.Future[Control] | None = None
 
         self._ws: ClientConnection | None = None
         self._last_frame_at = -math.inf  # monotonic time of the latest frame (liveness: proof of life)
@@ -231,6 +271,10 @@ class AlpacaClient:
             reconnects=max(0, self._attempts - 1),
             last_error=self._last_error,
             next_retry_in=retry_in,
+            subscription_missing={ch: tuple(sorted(lacking)) for ch, lacking in self._missing().items()},
+            subscription_refused=tuple(sorted(self._refused)),
+            symbol_limit=self._limit,
+            subscription_repairs=self._repairs,
         )
 
     async def run(self) -> None:
@@ -332,6 +376,11 @@ class AlpacaClient:
             ended = _Ended(Policy.TRANSIENT, f"internal error: {type(exc).__name__}")
         finally:
             self._ws = None
+            if self._repair_task is not None:
+                self._repair_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._repair_task
+                self._repair_task = None
             liveness.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await liveness
@@ -431,12 +480,21 @@ class AlpacaClient:
         self._send(PrimaryAuthenticated(True))
 
         sent = self._clock()
-        await ws.send(protocol.subscribe_message(self._plan, cfg.encoding))
-        ack = await self._expect(ws, lambda c: isinstance(c, SubscriptionAck), "subscribe")
+        self._requested, self._held, self._refused, self._repair_attempts = {}, {}, frozenset(), 0
+
+        async def exchange(message: str | bytes) -> Control:
+            await ws.send(message)
+            reply = await self._expect(ws, _is_subscribe_reply, "subscribe")
+            if isinstance(reply, SubscriptionAck):
+                self._on_ack(reply)
+            return reply
+
+        await self._subscribe(self._plan, exchange, repair=False)
         self._send(DependencyLatency("alpaca", "subscribe", self._clock() - sent))
-        assert isinstance(ack, SubscriptionAck)
-        self._on_ack(ack)
+        if self._refused and not self._subscribed:
+            raise _Ended(Policy.FATAL, "symbol limit: no symbol fits", "symbol_limit_exceeded")
         self._set_state("Connected", "subscribed")
+        self._maybe_repair(ws)
         outage = None if self._episode_started is None else round(self._clock() - self._episode_started, 3)
         log.info(
             "alpaca stream connected",
@@ -573,23 +631,161 @@ class AlpacaClient:
         """A control item while Connected: a new ack replaces the state; errors end it unless harmless."""
         if isinstance(control, SubscriptionAck):
             self._on_ack(control)
+            self._reply(control)
         elif isinstance(control, ErrorMessage):
             info = protocol.classify_error(control.code)
             if not info.session_ok and info.policy is not Policy.BENIGN:
                 raise _Ended(info.policy, f"error {control.code} while streaming", info.type)
+            if control.code == 405:
+                self._reply(control)
+
+    def _reply(self, control: Control) -> None:
+        """Hand a subscribe reply read by the reader to the repair waiting for it."""
+        waiter = self._reply_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(control)
 
     def _on_ack(self, ack: SubscriptionAck) -> None:
         check = protocol.check_ack(ack, self._plan)
+        self._held = ack.channels()
         self._subscribed = check.confirmed
         self._send(PrimarySubscribed(check.confirmed))
-        if not check.ok:
+        if check.extra:
             log.warning(
-                "alpaca subscription differs from the wanted one",
+                "alpaca subscription holds symbols not asked for",
+                extra={"extra": {k: sorted(v)[:20] for k, v in check.extra.items()}},
+            )
+        self._report()
+        ws = self._ws
+        if self._state == "Connected" and ws is not None:
+            self._maybe_repair(ws)
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def _missing(self) -> dict[str, frozenset[str]]:
+        """Per wanted channel: what this connection asked for and the latest ack lacks (refused included)."""
+        held = self._held
+        out: dict[str, frozenset[str]] = {}
+        for channel in self._plan:
+            confirmed = held.get(channel, frozenset())
+            out[channel] = frozenset() if "*" in confirmed else self._requested.get(channel, frozenset()) - confirmed
+        return out
+
+    def _report(self) -> None:
+        missing = self._missing()
+        self._send(
+            SubscriptionStatus(
+                missing={channel: tuple(sorted(lacking)) for channel, lacking in missing.items()},
+                repairs=self._repairs,
+                refused=tuple(sorted(self._refused)),
+                limit=self._limit,
+            )
+        )
+
+    async def _subscribe(
+        self,
+        plan: Mapping[str, frozenset[str]],
+        exchange: Callable[[str | bytes], Awaitable[Control | None]],
+        *,
+        repair: bool,
+    ) -> None:
+        """Send ``plan`` in chunks, each answered before the next; narrow a 405 down to what fits.
+
+        ``exchange`` sends one message and returns its reply (an ack or a 405; None: no reply in time).
+        """
+        pending = deque(protocol.chunk_plan(plan, self.config.subscribe_chunk))
+        while pending:
+            chunk = pending.popleft()
+            for channel, symbols in chunk.items():
+                self._requested[channel] = self._requested.get(channel, frozenset()) | symbols
+            if repair:
+                self._repairs += 1
+            reply = await exchange(protocol.subscribe_message(chunk, self.config.encoding))
+            if not isinstance(reply, ErrorMessage):
+                if reply is None:
+                    break
+                continue
+            # A 405 leaves the server's state as it was: try the halves, down to single symbols.
+            self._limit = protocol.named_limit(reply.msg) or self._limit
+            if len(protocol.plan_symbols(chunk)) > 1:
+                pending.extendleft(reversed(protocol.halve(chunk)))
+                continue
+            # Not even one more symbol fits: the plan is full, and nothing after it can fit either.
+            refused = set(protocol.plan_symbols(chunk))
+            for rest in pending:
+                refused.update(protocol.plan_symbols(rest))
+                for channel, symbols in rest.items():
+                    self._requested[channel] = self._requested.get(channel, frozenset()) | symbols
+            pending.clear()
+            self._refused |= refused
+            log.warning(
+                "alpaca symbol limit reached; keeping the symbols that fit",
                 extra={
-                    "missing": {k: sorted(v)[:20] for k, v in check.missing.items()},
-                    "extra": {k: sorted(v)[:20] for k, v in check.extra.items()},
+                    "limit": self._limit,
+                    "held": len(self._subscribed),
+                    "shortfall": len(self._refused),
+                    "refused": sorted(self._refused)[:20],
                 },
             )
+        self._report()
+        lacking = {channel: symbols for channel, symbols in self._missing().items() if symbols - self._refused}
+        if lacking:
+            log.warning(
+                "alpaca subscription incomplete",
+                extra={
+                    "missing": {k: sorted(v)[:20] for k, v in lacking.items()},
+                    "repairs": self._repairs,
+                    "repair_attempt": self._repair_attempts,
+                },
+            )
+        elif repair:
+            log.info("alpaca subscription repaired", extra={"repairs": self._repairs})
+
+    def _repair_plan(self) -> dict[str, frozenset[str]]:
+        """The left-out symbols to ask for again (the refused ones cannot be had on this connection)."""
+        out = {channel: lacking - self._refused for channel, lacking in self._missing().items()}
+        return {channel: lacking for channel, lacking in out.items() if lacking}
+
+    def _maybe_repair(self, ws: ClientConnection) -> None:
+        running = self._repair_task is not None and not self._repair_task.done()
+        if running or self._repair_attempts >= self.config.repair_attempts or not self._repair_plan():
+            return
+        self._repair_task = asyncio.get_running_loop().create_task(self._repair(ws))
+
+    async def _repair(self, ws: ClientConnection) -> None:
+        """Re-subscribe the left-out symbols, with backed-off, bounded retries (see the module doc)."""
+        cfg = self.config
+        backoff = Backoff(cfg.repair_backoff_base, cfg.repair_backoff_max, jitter=cfg.jitter, rng=self._rng)
+
+        async def exchange(message: str | bytes) -> Control | None:
+            waiter: asyncio.Future[Control] = asyncio.get_running_loop().create_future()
+            self._reply_waiter = waiter
+            try:
+                await ws.send(message)
+                async with self._timers.timeout(cfg.step_timeout):
+                    return await waiter
+            except TimeoutError:
+                return None
+            finally:
+                self._reply_waiter = None
+
+        try:
+            while self._repair_attempts < cfg.repair_attempts:
+                await self._timers.sleep(backoff.next_delay())
+                plan = self._repair_plan()
+                if not plan:
+                    return
+                self._repair_attempts += 1
+                await self._subscribe(plan, exchange, repair=True)
+            if self._repair_plan():
+                log.warning(
+                    "alpaca subscription repair gave up until the next reconnect",
+                    extra={"attempts": self._repair_attempts, "repairs": self._repairs},
+                )
+        except ConnectionClosed:
+            return  # the reader sees the close and reconnects
+        except Exception:
+            log.exception("alpaca subscription repair failed", extra={"state": self._state})
 
     # ------------------------------------------------------------------ endings and errors
 
@@ -669,6 +865,10 @@ class AlpacaClient:
         # websockets bounds the closing handshake with close_timeout, then drops the TCP connection.
         with contextlib.suppress(Exception):
             await ws.close(1000, reason)
+
+
+def _is_subscribe_reply(control: Control) -> bool:
+    return isinstance(control, SubscriptionAck) or (isinstance(control, ErrorMessage) and control.code == 405)
 
 
 def _is_success(msg: str) -> Callable[[Control], bool]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -80,11 +81,65 @@ def subscription_plan(channels: Iterable[str], symbols: Iterable[str]) -> dict[s
 
 
 def subscribe_message(plan: Mapping[str, Iterable[str]], encoding: Encoding) -> str | bytes:
-    """``{"action":"subscribe","trades":[…],…}`` for the whole wanted set (symbols sorted, stable)."""
+    """``{"action":"subscribe","trades":[…],…}`` for the given set (symbols sorted, stable)."""
     payload: dict[str, object] = {"action": "subscribe"}
     for channel, symbols in plan.items():
         payload[channel] = sorted(symbols)
     return _encode(payload, encoding)
+
+
+# (Channel, symbol) entries per subscribe message. Alpaca documents no size limit, but large lists were
+# seen applied only in part (the first symbols of the list), and alpaca-py fragments anything over
+# 32 KiB. 200 entries of at most 32 characters (+3 bytes of JSON each) stay under 7 KiB: one
+# unfragmented frame, and far fewer symbols than the lists that were seen half-applied.
+SUBSCRIBE_CHUNK_ENTRIES: Final = 200
+
+
+def plan_symbols(plan: Mapping[str, Iterable[str]]) -> list[str]:
+    """Every symbol of a plan, sorted."""
+    return sorted({symbol for symbols in plan.values() for symbol in symbols})
+
+
+def restrict(plan: Mapping[str, frozenset[str]], symbols: Iterable[str]) -> dict[str, frozenset[str]]:
+    """The part of ``plan`` about ``symbols`` (channels left empty are dropped)."""
+    keep = frozenset(symbols)
+    out = {channel: wanted & keep for channel, wanted in plan.items()}
+    return {channel: wanted for channel, wanted in out.items() if wanted}
+
+
+def chunk_plan(
+    plan: Mapping[str, frozenset[str]], max_entries: int = SUBSCRIBE_CHUNK_ENTRIES
+) -> list[dict[str, frozenset[str]]]:
+    """Split a plan into subscribe messages of at most ``max_entries`` (channel, symbol) entries.
+
+    A symbol's channels always travel together (a symbol bigger than the bound gets a message of its
+    own), so a refusal (405) is about whole symbols."""
+    chunks: list[dict[str, frozenset[str]]] = []
+    batch: list[str] = []
+    entries = 0
+    for symbol in plan_symbols(plan):
+        size = sum(1 for wanted in plan.values() if symbol in wanted)
+        if batch and entries + size > max_entries:
+            chunks.append(restrict(plan, batch))
+            batch, entries = [], 0
+        batch.append(symbol)
+        entries += size
+    if batch:
+        chunks.append(restrict(plan, batch))
+    return chunks
+
+
+def halve(plan: Mapping[str, frozenset[str]]) -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+    """A plan of two or more symbols split in two by symbol (for narrowing down a 405)."""
+    symbols = plan_symbols(plan)
+    middle = len(symbols) // 2
+    return restrict(plan, symbols[:middle]), restrict(plan, symbols[middle:])
+
+
+def named_limit(msg: str) -> int | None:
+    """The symbol limit a 405's text names, if any (Alpaca's own text, "symbol limit exceeded", has none)."""
+    found = re.search(r"\d+", msg)
+    return int(found.group()) if found else None
 
 
 # --------------------------------------------------------------------------------------------------

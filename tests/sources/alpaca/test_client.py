@@ -31,6 +31,7 @@ from exporter.core.events import (
     PrimaryData,
     PrimaryError,
     PrimarySubscribed,
+    SubscriptionStatus,
 )
 from exporter.sim.alpaca_server import AlpacaSimulator, generate_feed
 from exporter.sim.faultproxy import FaultProxy
@@ -237,17 +238,95 @@ async def test_insufficient_subscription_is_fatal(market: Market) -> None:
         assert sim.stats.connections == 1
 
 
-async def test_symbol_limit_at_subscribe_is_fatal(market: Market) -> None:
-    sim = await _sim(market, symbol_limit=1)
+async def test_symbol_limit_with_nothing_fitting_is_fatal(market: Market) -> None:
+    sim = await _sim(market, symbol_limit=0)
     async with sim, running(_config(sim)) as (client, rec):
         await rec.wait(lambda: client.status.next_retry_in is not None)
-        assert rec.errors() == ["symbol_limit_exceeded"]
+        # The whole list, then [AAPL] alone: refused, so [MSFT] cannot fit either and is not sent.
+        assert rec.errors() == ["symbol_limit_exceeded"] * 2
+        assert sim.stats.client_messages["subscribe"] == 2
         assert rec.of(PrimaryAuthenticated) == [PrimaryAuthenticated(True), PrimaryAuthenticated(False)]
         assert client.status.next_retry_in is not None
         assert client.status.next_retry_in > 25.0
         assert "Connected" not in rec.states()
         # We closed the connection ourselves, properly.
         await rec.wait(lambda: sim.stats.client_close_codes == [1000])
+
+
+# ------------------------------------------------------------------ subscriptions checked and repaired
+
+
+def _complete(*channels: str) -> dict[str, tuple[str, ...]]:
+    return dict.fromkeys(channels, ())
+
+
+async def test_symbol_limit_keeps_the_symbols_that_fit(market: Market) -> None:
+    sim = await _sim(market, symbol_limit=1)
+    async with sim, running(_config(sim)) as (client, rec):
+        await rec.wait(lambda: rec.connected_count() == 1)
+        await asyncio.sleep(60.0)  # no repair of a refused symbol on this connection
+        # [AAPL, MSFT] refused, then [AAPL] held, then [MSFT] refused: the plan is full.
+        assert sim.stats.client_messages["subscribe"] == 3
+        assert rec.errors() == ["symbol_limit_exceeded"] * 2
+        assert sim.stats.subscriptions["trades"] == ["AAPL"]
+        status = client.status
+        assert status.connected
+        assert status.subscribed_symbols == frozenset({"AAPL"})
+        assert status.subscription_refused == ("MSFT",)
+        assert status.subscription_missing == {"trades": ("MSFT",), "quotes": ("MSFT",)}
+        assert status.symbol_limit is None  # Alpaca's text names no number
+        refused = SubscriptionStatus({"trades": ("MSFT",), "quotes": ("MSFT",)}, refused=("MSFT",))
+        assert rec.of(SubscriptionStatus) == [
+            SubscriptionStatus({"trades": ("MSFT",), "quotes": ("MSFT",)}),  # the ack of [AAPL]
+            refused,  # the outcome
+        ]
+
+
+async def test_a_partial_ack_is_repaired_with_the_missing_symbols_only(market: Market) -> None:
+    async with await _sim(market) as sim:
+        sim.apply_partially(1, count=1)  # the first subscribe keeps only the first symbol of each list
+        async with running(_config(sim, encoding="json")) as (client, rec):
+            await rec.wait(lambda: client.status.subscription_repairs == 1)
+            await rec.wait(lambda: len(rec.of(SubscriptionStatus)) == 4)
+            await asyncio.sleep(60.0)
+            lacking = SubscriptionStatus({"trades": ("MSFT",), "quotes": ("MSFT",)})
+            repaired = SubscriptionStatus(_complete("trades", "quotes"), repairs=1)
+            assert rec.of(SubscriptionStatus) == [lacking, lacking, repaired, repaired]  # each ack, each outcome
+            assert sim.stats.client_messages["subscribe"] == 2
+            assert sim.stats.subscriptions["trades"] == ["AAPL", "MSFT"]
+            assert client.status.subscription_missing == _complete("trades", "quotes")
+            # The repair waited a backoff step (equal jitter of a 1 s base: 0.5-1 s) after the ack.
+            acks = rec.times(lambda e: isinstance(e, SubscriptionStatus))
+            assert 0.5 <= acks[2] - acks[1] <= 1.1
+
+
+async def test_repairs_are_bounded_then_keep_reporting_what_is_missing(market: Market) -> None:
+    async with await _sim(market, partial_subscribe=1) as sim:  # every subscribe keeps one symbol per list
+        config = _config(sim, symbols=("AAPL", "MSFT", "SPY"), channels=("trades",), repair_attempts=1)
+        async with running(config) as (client, rec):
+            await rec.wait(lambda: client.status.subscription_repairs == 1)
+            await asyncio.sleep(120.0)  # no second attempt on this connection
+            # [AAPL, MSFT, SPY] kept AAPL; the repair [MSFT, SPY] kept MSFT.
+            assert sim.stats.client_messages["subscribe"] == 2
+            assert client.status.subscription_repairs == 1
+            assert client.status.subscription_missing == {"trades": ("SPY",)}
+            assert rec.of(SubscriptionStatus)[-1] == SubscriptionStatus({"trades": ("SPY",)}, repairs=1)
+
+
+async def test_large_lists_go_in_chunks_so_none_is_half_applied(market: Market) -> None:
+    symbols = ("AAPL", "AMD", "MSFT", "NVDA", "SPY")
+    # A server that applies only the first two symbols of any list...
+    async with await _sim(market, partial_subscribe=2) as sim:
+        # ...meets subscribe messages of one symbol (two channels) each.
+        config = _config(sim, symbols=symbols, subscribe_chunk=2)
+        async with running(config) as (client, rec):
+            await rec.wait(lambda: rec.connected_count() == 1)
+            await asyncio.sleep(60.0)
+            assert sim.stats.client_messages["subscribe"] == 5
+            assert sim.stats.subscriptions["quotes"] == list(symbols)
+            assert client.status.subscription_repairs == 0
+            assert rec.of(SubscriptionStatus)[-1] == SubscriptionStatus(_complete("trades", "quotes"))
+            assert len(rec.of(SubscriptionStatus)) == 6  # five acks and the outcome
 
 
 # code → (error type, the client keeps the stream, how it reconnects)
@@ -669,3 +748,12 @@ def test_config_validation() -> None:
     ):
         with pytest.raises(ValueError, match=r"."):
             dataclasses.replace(good, **bad)
+
+
+async def test_a_long_list_goes_in_messages_of_200_entries(market: Market) -> None:
+    symbols = tuple(f"S{i:03d}" for i in range(450))
+    async with await _sim(market) as sim, running(_config(sim, symbols=symbols, channels=("trades",))) as (client, rec):
+        await rec.wait(lambda: rec.connected_count() == 1)
+        assert sim.stats.client_messages["subscribe"] == 3  # 200 + 200 + 50
+        assert client.status.subscribed_symbols == frozenset(symbols)
+        assert rec.of(SubscriptionStatus) == [SubscriptionStatus({"trades": ()})] * 4  # three acks, the outcome

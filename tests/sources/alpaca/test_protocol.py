@@ -205,3 +205,19 @@ def test_backoff_resets_only_after_a_healthy_period() -> None:
     assert policy.delay(Policy.TRANSIENT) == 16.0
     policy.connection_ended(healthy_seconds=60.0)
     assert policy.delay(Policy.TRANSIENT) == 0.5
+
+
+def test_chunks_keep_a_symbols_channels_together_within_the_bound() -> None:
+    plan = protocol.subscription_plan(("trades", "quotes", "bars"), ("A", "B", "C", "D"))
+    chunks = protocol.chunk_plan(plan, max_entries=7)
+    # Three entries per symbol: two symbols (6 entries) fit in 7, a third would not.
+    assert chunks == [protocol.restrict(plan, ["A", "B"]), protocol.restrict(plan, ["C", "D"])]
+    assert protocol.chunk_plan(plan, max_entries=1) == [protocol.restrict(plan, [s]) for s in "ABCD"]
+    assert protocol.chunk_plan(plan) == [plan]
+
+
+def test_halve_and_the_named_limit() -> None:
+    plan = protocol.subscription_plan(("trades",), ("A", "B", "C"))
+    assert protocol.halve(plan) == ({"trades": frozenset({"A"})}, {"trades": frozenset({"B", "C"})})
+    assert protocol.named_limit("symbol limit exceeded") is None
+    assert protocol.named_limit("symbol limit exceeded (30)") == 30
