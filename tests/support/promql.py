@@ -216,7 +216,7 @@ CATALOGUE: Mapping[str, Metric] = {
     "scrape_duration_seconds": Metric("gauge", {}),
 }
 TARGET_LABELS = ("job", "instance")
-ALERT_LABELS = ("alertname", "alertstate", "severity", "category", "slo", "symbol", "state", "type", "channel")
+ALERT_LABELS = ("alertname", "alertstate", "severity", "category", "slo", "symbol", "state", "type")
 
 
 @functools.cache
