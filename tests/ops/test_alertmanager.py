@@ -32,6 +32,11 @@ SYMPTOMS = {
     "ValidationFailureSpike",
 }
 
+# While the primary stream is down (or replaced by the fallback), its silent symbols and missing bars
+# are symptoms of that.
+STREAM_DOWN = {"AlpacaStreamDisconnected", "DataSourceFailoverActive"}
+STREAM_DOWN_SYMPTOMS = {"MarketDataStale", "AlpacaBarsMissing"}
+
 
 def amtool(*args: str) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("amtool")
@@ -53,7 +58,10 @@ def test_amtool_rejects_a_broken_config(tmp_path: Path) -> None:
 
 
 def expected_receivers(labels: dict[str, str]) -> set[str]:
-    """The routing policy: critical pages, trading/risk go to their channels, the rest to ops."""
+    """The routing policy: info is not notified, critical pages, trading/risk go to their channels,
+    the rest to ops."""
+    if labels["severity"] == "info":
+        return {"no-notification"}
     receivers = set()
     if labels["severity"] == "critical":
         receivers.add("pager")
@@ -95,6 +103,17 @@ def test_inhibition_rules_cover_the_symptoms() -> None:
     names = set(target.split('"')[1].split("|"))
     assert names == SYMPTOMS
     assert names <= ALERTS.keys()
+
+
+def test_a_stream_outage_inhibits_the_feed_quality_symptoms() -> None:
+    document = yaml.safe_load(AM_CONFIG.read_text())
+    (stream_down,) = [r for r in document["inhibit_rules"] if "AlpacaStreamDisconnected" in r["source_matchers"][0]]
+    assert set(stream_down["equal"]) == {"job", "instance"}
+    sources = set(stream_down["source_matchers"][0].split('"')[1].split("|"))
+    targets = set(stream_down["target_matchers"][0].split('"')[1].split("|"))
+    assert sources == STREAM_DOWN
+    assert targets == STREAM_DOWN_SYMPTOMS
+    assert sources | targets <= ALERTS.keys()
 
 
 # --- a real Alertmanager --------------------------------------------------------------------------
@@ -179,6 +198,12 @@ def test_real_alertmanager_inhibits_symptoms_of_an_outage(alertmanager: str) -> 
         alert("LatencySLOBurnRateFast", "d:9877"),
         alert("LatencySLOBurnRateSlow", "d:9877"),
         alert("AvailabilitySLOBurnRateSlow", "d:9877"),  # another SLO
+        alert("AlpacaStreamDisconnected", "e:9877"),
+        *(alert(name, "e:9877", symbol="SPY") for name in sorted(STREAM_DOWN_SYMPTOMS)),
+        alert("DataSourceFailoverActive", "f:9877", state="FALLBACK_ACTIVE"),
+        alert("MarketDataStale", "f:9877", symbol="SPY"),
+        alert("MarketDataStale", "g:9877", symbol="SPY"),  # a symbol silent alone
+        alert("AlpacaStreamLagging", "e:9877"),  # the stream's own problem, not inhibited
     ]
     response = httpx.post(f"{alertmanager}/api/v2/alerts", json=posted, timeout=5)
     assert response.status_code == 200, response.text
@@ -193,7 +218,13 @@ def test_real_alertmanager_inhibits_symptoms_of_an_outage(alertmanager: str) -> 
         ("LatencySLOBurnRateFast", "d:9877"): False,
         ("LatencySLOBurnRateSlow", "d:9877"): True,
         ("AvailabilitySLOBurnRateSlow", "d:9877"): False,
+        ("AlpacaStreamDisconnected", "e:9877"): False,
+        ("DataSourceFailoverActive", "f:9877"): False,
+        ("MarketDataStale", "f:9877"): True,
+        ("MarketDataStale", "g:9877"): False,
+        ("AlpacaStreamLagging", "e:9877"): False,
     }
+    expected |= {(name, "e:9877"): True for name in STREAM_DOWN_SYMPTOMS}
     # The inhibitor learns about source alerts asynchronously: poll briefly.
     deadline = time.monotonic() + 5
     state = inhibited(alertmanager)

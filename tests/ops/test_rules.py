@@ -18,7 +18,7 @@ from tests.support.promql import CONFIG, load_rule_groups
 ALERTS = [rule for group in load_rule_groups(CONFIG / "alerts.yml") for rule in group["rules"]]
 RECORDS = [rule for group in load_rule_groups(CONFIG / "recording_rules.yml") for rule in group["rules"]]
 UNIT_TESTS = sorted((CONFIG / "tests").glob("*.yml"))
-SEVERITIES = {"critical", "warning"}
+SEVERITIES = {"critical", "warning", "info"}
 CATEGORIES = {"availability", "connectivity", "trading", "risk", "performance", "errors", "slo"}
 
 
@@ -153,10 +153,14 @@ def test_recording_rules_follow_the_naming_convention() -> None:
     names = [rule["record"] for rule in RECORDS]
     assert len(names) == len(set(names))
     for name in names:
-        assert re.fullmatch(r"instance:[a-z0-9_]+:[a-z0-9_]+", name), name
+        assert re.fullmatch(r"(instance|instance_symbol):[a-z0-9_]+:[a-z0-9_]+", name), name
     for rule in RECORDS:
-        # level `instance`: every rule keeps exactly the job and instance labels.
         expr = " ".join(rule["expr"].split())
+        if rule["record"].startswith("instance_symbol:"):
+            # level `instance_symbol`: per-symbol series, never aggregated away from the symbol.
+            assert not re.search(r"\b(by|without) \(", expr) or "by (job, instance, symbol)" in expr, rule["record"]
+            continue
+        # level `instance`: every rule keeps exactly the job and instance labels.
         assert re.search(r"by \(job, instance[,)]", expr) or expr.startswith(("1 - instance:", "instance:")), rule[
             "record"
         ]

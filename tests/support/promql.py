@@ -164,6 +164,9 @@ VALIDATION_REASONS = (
     "invalid_price", "invalid_size", "crossed_quote", "stale_timestamp", "future_timestamp",
     "unknown_symbol", "malformed", "circuit_open",
 )  # fmt: skip
+SUBSCRIBE_CHANNELS = (
+    "trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds", "imbalances", "orderbooks",
+)  # fmt: skip
 
 ANY = None  # a label whose values are not fixed (symbol, version...)
 
@@ -196,6 +199,16 @@ CATALOGUE: Mapping[str, Metric] = {
     "dependency_latency_seconds": Metric("histogram", {"dependency": ("alpaca", "yahoo"), "method": ANY}),
     "alpaca_exporter_build_info": Metric("gauge", {"version": ANY, "python_version": ANY}),
     "yahoo_errors": Metric("counter", {"type": YAHOO_ERRORS}),
+    # Feed quality (CONTRACT.md section 11), with this exporter's two extra gauges.
+    "alpaca_subscription_missing_symbols": Metric("gauge", {"channel": SUBSCRIBE_CHANNELS}),
+    "alpaca_subscription_repairs": Metric("counter", {}),
+    "datasource_router_symbol_halted": Metric("gauge", {"symbol": ANY}),
+    "datasource_router_symbol_message_interval_seconds": Metric("gauge", {"symbol": ANY}),
+    "datasource_router_symbol_last_message_timestamp_seconds": Metric("gauge", {"symbol": ANY}),
+    "datasource_router_market_open": Metric("gauge", {}),
+    "alpaca_bars_missing": Metric("counter", {"symbol": ANY}),
+    "alpaca_stream_gap_seconds": Metric("histogram", {}),
+    "alpaca_stream_lag_seconds": Metric("gauge", {}),
     # prometheus_client's process collector and Prometheus' own per-target series.
     "process_resident_memory_bytes": Metric("gauge", {}),
     "process_cpu_seconds": Metric("counter", {}),
