@@ -53,7 +53,9 @@ Gap
 Lag
     The median age (receive wall time minus the message's own timestamp) of the primary's trades and
     quotes over the last ``LAG_WINDOW_SECONDS``, one sample per frame (its last trade or quote), only
-    while connected. It counts against the primary's health (``Health``) only beyond
+    while connected, and only of ages within ``max_message_age_s``: older messages are rejected as
+    ``stale_timestamp`` (and alerted on as such), and a step of the host's own wall clock must not read
+    as a lagging stream. It counts against the primary's health (``Health``) only beyond
     ``max_stream_lag_s`` plus the feed's own delay (15 min for delayed_sip): a stream later than that
     routes prices older than the Yahoo fallback's, which polls every few seconds; below it, failing
     over would only swap a slightly late source for a later one.
@@ -149,7 +151,9 @@ class Quality:
         if self._gap_from is not None:  # the first data after an outage (refresh drops it at the close)
             self.gaps.observe(now - self._gap_from)
             self._gap_from = None
-        if age is not None:
+        # Only ages the validation accepts: an older message is a stale_timestamp rejection already, and
+        # a step of the host's wall clock (NTP, a resumed VM) would otherwise read as lag and fail over.
+        if age is not None and age <= self.config.max_message_age_s:
             self._lag.append((now, age))
 
     def learn(self, symbols: Iterable[SymbolState]) -> None:

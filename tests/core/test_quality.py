@@ -423,6 +423,22 @@ def test_lag_is_the_median_age_over_the_last_ten_seconds(h: Harness) -> None:
     assert h.core.quality.lag is None
 
 
+def test_lag_ignores_ages_the_validation_rejects(make: Callable[..., Harness]) -> None:
+    """A message older than max_message_age_s is a stale_timestamp rejection, not a lag sample: a
+    step of the host's wall clock makes every message look that old, and must not fail over."""
+    h = make(max_message_age_s=60.0, max_stream_lag_s=30.0)
+    h.primary_up()
+    h.fallback_ok()
+    for _ in range(5):
+        h.frame(h.trade(age_s=3600.0))
+        h.tick(1.0)
+    assert h.core.quality.lag is None
+    assert h.state is State.PRIMARY_ACTIVE
+    h.frame(h.trade(age_s=59.0))
+    h.tick()
+    assert h.core.quality.lag == 59.0
+
+
 def test_lag_is_measured_only_while_connected(h: Harness) -> None:
     h.primary_up()
     h.frame(h.trade(age_s=3.0))
