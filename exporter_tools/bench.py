@@ -387,15 +387,17 @@ async def _sdk_worker(spec: dict[str, Any]) -> None:
     result = meter.result()
     result["rss_mib"], result["peak_rss_mib"] = _rss_mib()
     _say(result=result)
-    # alpaca-py only notices stop_ws() after its next frame; the driver closes our socket instead.
+    # alpaca-py only notices stop_ws() after its next frame, and with its task cancelled asyncio.run's
+    # shutdown still waits ~10 s on its websocket: leave at once instead (its socket and threads go with
+    # the process, the driver closes the server's side); nothing of ours is pending.
     task.cancel()
+    os._exit(0)
 
 
 def worker_main(spec_json: str) -> int:
     spec = json.loads(spec_json)
     if spec["kind"] == "sdk":
-        asyncio.run(_sdk_worker(spec))
-        os._exit(0)  # alpaca-py leaves a socket and threads behind; nothing of ours is pending
+        asyncio.run(_sdk_worker(spec))  # leaves the process with os._exit
     asyncio.run(_exporter_worker(spec))
     return 0
 

@@ -33,7 +33,6 @@ import math
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -46,6 +45,7 @@ from exporter.app import quiet_libraries
 from exporter.logs import configure_logging
 from exporter.sim.demo import DEMO_SYMBOLS, Demo
 from exporter.sim.scenario import Action, Faults
+from exporter.timers import LoopTimers
 
 log = logging.getLogger("exporter_tools.soak")
 
@@ -200,7 +200,10 @@ async def soak(
         base = f"http://127.0.0.1:{daemon.port}"
         await _every_symbol_exported(base, len(DEMO_SYMBOLS))
         rotation = schedule(faults)
-        start = time.monotonic()
+        # The loop's clock (time.monotonic on asyncio's loops), which the daemon's timers read too, so the
+        # soak runs on virtual time under a test loop that fast-forwards it.
+        clock = LoopTimers()
+        start = clock.monotonic()
 
         async def inject() -> None:
             i = 0
@@ -220,7 +223,7 @@ async def soak(
         injector = asyncio.create_task(inject())
         try:
             async with httpx.AsyncClient(timeout=5.0) as http:
-                while (elapsed := time.monotonic() - start) < seconds:
+                while (elapsed := clock.monotonic() - start) < seconds:
                     await asyncio.sleep(min(sample_every, max(0.0, seconds - elapsed)))
                     scrape_ok, series = False, 0
                     with contextlib.suppress(httpx.HTTPError):
@@ -232,7 +235,7 @@ async def soak(
                         a["received"] == a["routed"] + a["standby"] + a["rejected"] for a in acc.values()
                     )
                     sample = Sample(
-                        t=round(time.monotonic() - start, 3),
+                        t=round(clock.monotonic() - start, 3),
                         rss_mib=round(rss_mib(), 2),
                         fds=open_fds(),
                         tasks=len(asyncio.all_tasks()),
@@ -251,7 +254,7 @@ async def soak(
             with contextlib.suppress(asyncio.CancelledError):
                 await injector
             faults.heal()
-            report.seconds = time.monotonic() - start
+            report.seconds = clock.monotonic() - start
             report.received = daemon.core.received["alpaca"]
             report.dropped_frames = daemon.queue.dropped
     report.verdicts = judge(report.samples, warmup)

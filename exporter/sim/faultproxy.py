@@ -27,8 +27,12 @@ import contextlib
 import random
 import socket
 import struct
-import time
 from dataclasses import dataclass
+
+from exporter.timers import LoopTimers
+
+# The loop's clock (time.monotonic on asyncio's loops), so tests on virtual loop time see one timeline.
+_loop_clock = LoopTimers()
 
 _CHUNK = 65536
 _QUEUE_CHUNKS = 8  # bounded: a throttled pipe pushes back on its sender instead of buffering without limit
@@ -204,7 +208,8 @@ class FaultProxy:
                 if self._blackhole:
                     self.stats.discarded += len(data)
                     continue
-                due = time.monotonic() + self.delay + (self._rng.uniform(0.0, self.jitter) if self.jitter else 0.0)
+                jitter = self._rng.uniform(0.0, self.jitter) if self.jitter else 0.0
+                due = _loop_clock.monotonic() + self.delay + jitter
                 last_due = max(last_due, due)  # TCP keeps order: no chunk overtakes the previous one
                 await queue.put((last_due, data))
             await queue.put(None)  # EOF: forward the FIN after what is queued
@@ -221,7 +226,7 @@ class FaultProxy:
         with contextlib.suppress(OSError):
             while (item := await queue.get()) is not None:
                 due, data = item
-                wait = due - time.monotonic()
+                wait = due - _loop_clock.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
                 if self._blackhole:

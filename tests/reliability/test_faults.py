@@ -3,7 +3,12 @@ state within a stated bound, recovers by itself, counts exactly, and logs each e
 
 Bounds are stated in terms of the (shortened) settings of ``fast_settings`` (tests/support/stacks.py):
 ping interval and timeout 0.5 s, handshake steps 1 s, reconnect backoff ≤ 0.4 s, 406 floor 0.5 s, failback 0.5 s. Each
-bound carries ~1 s of slack for a loaded CI machine; docs/reliability.md lists them.
+bound carries ~1 s of slack; docs/reliability.md lists them.
+
+The tests run on virtual loop time (``looptime``): the sockets are real, but whenever nothing but timers is
+pending the loop's clock jumps to the next one. Every timer of the daemon, the simulators and the fault
+proxy reads that clock, and so do the bounds (``Stack.wait_for``): a loaded machine cannot stretch them,
+and waiting costs no wall time.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from tests.support.stacks import Stack, records
 ALPACA = "exporter.alpaca"
 ROUTER = "exporter.router"
 YAHOO = "exporter.yahoo"
+
+pytestmark = pytest.mark.looptime
 
 
 def transitions(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:

@@ -1,4 +1,8 @@
-"""Resource limits: frame size, the queue between reader and router, label cardinality, timeouts."""
+"""Resource limits: frame size, the queue between reader and router, label cardinality, timeouts.
+
+The daemon stacks run on virtual loop time (``looptime``, as in tests/reliability/test_faults.py): real
+sockets, the waits cost no wall time. The file-descriptor test runs the daemon as a process, in real time.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client import generate_latest
 
 from exporter.app import Daemon, EventQueue
@@ -26,6 +31,8 @@ from exporter.sim.alpaca_codec import encode
 from exporter.sources.alpaca.client import DEFAULT_MAX_MESSAGE_BYTES
 from tests.support.prometheus import free_port
 from tests.support.stacks import SYMBOLS, fast_settings, records
+
+pytestmark = pytest.mark.looptime
 
 
 async def test_frame_above_max_size_drops_the_connection_not_the_daemon(rstack: Any) -> None:

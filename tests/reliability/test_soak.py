@@ -24,6 +24,7 @@ def test_judge_passes_a_plateau_and_fails_steady_growth() -> None:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.looptime  # 9 s of soak on virtual loop time: the sockets and the faults are real, the waits are not
 async def test_soak_smoke() -> None:
     report = await soak(9.0, fault_every=0.8, sample_every=0.25, rate=200.0)
     summary = report.summary()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -98,15 +97,16 @@ class Stack:
         return float(self.core.clock.monotonic())
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0, what: str = "") -> float:
-        """Wait until ``predicate()``; return the seconds it took."""
-        start = time.monotonic()
+        """Wait until ``predicate()``; return the seconds it took on the loop's clock (virtual under looptime)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         try:
             async with asyncio.timeout(timeout):
                 while not predicate():
                     await asyncio.sleep(0.02)
         except TimeoutError:
             raise AssertionError(f"not within {timeout}s: {what or predicate}; state {self.core.state.name}") from None
-        return time.monotonic() - start
+        return loop.time() - start
 
     async def wait_state(self, state: State, timeout: float = 5.0) -> float:
         return await self.wait_for(lambda: self.core.state is state, timeout, f"state {state.name}")
