@@ -84,6 +84,12 @@ class Live:
         self.prom = prom
         self.target = target
 
+    def value(self, expr: str) -> float:
+        """The first sample of an instant query (failing on an empty result)."""
+        result = self.prom.query(expr)
+        assert result, f"{expr}: empty"
+        return float(result[0]["value"][1])
+
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
@@ -142,12 +148,7 @@ def test_every_catalogue_metric_is_scraped_with_its_type_and_labels(live: Live) 
 
 
 def test_every_metric_moved_within_the_first_minute(live: Live) -> None:
-    q = live.prom.query
-
-    def value(expr: str) -> float:
-        result = q(expr)
-        assert result, f"{expr}: empty"
-        return float(result[0]["value"][1])
+    value = live.value
 
     assert value("datasource_router_failover_total") >= 1
     assert value("sum(datasource_router_recovery_time_seconds_count)") >= 1
@@ -176,12 +177,7 @@ def test_every_metric_moved_within_the_first_minute(live: Live) -> None:
 def test_feed_quality_moved_within_the_first_minute(live: Live) -> None:
     """The demo's scripted minute: a partial subscription repaired, MSFT halted and resumed, an outage
     while the market is open (the demo's market never closes), and a learned rhythm per symbol."""
-    q = live.prom.query
-
-    def value(expr: str) -> float:
-        result = q(expr)
-        assert result, f"{expr}: empty"
-        return float(result[0]["value"][1])
+    value = live.value
 
     assert value("max(max_over_time(alpaca_subscription_missing_symbols[5m]))") >= 1
     assert value("alpaca_subscription_repairs_total") >= 1
