@@ -18,10 +18,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-FEEDS_V2 = ("iex", "sip", "delayed_sip", "test")
-FEEDS_V1BETA1 = ("boats", "overnight")
-Feed = Literal["iex", "sip", "delayed_sip", "boats", "overnight", "test"]
-CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds")
+from exporter.feeds import ALL_CHANNELS, FEEDS, Feed
+
+CHANNELS = ALL_CHANNELS
 ALPACA_STREAM_HOST = "wss://stream.data.alpaca.markets"
 # Letters, digits and the separators real tickers use (BRK.B, BRK-B, ^GSPC, EURUSD=X, BTC/USD).
 _HOSTNAME_RE = re.compile(
@@ -67,8 +66,7 @@ def _check_url(value: str, schemes: tuple[str, ...], shape: str) -> None:
 
 
 def feed_url(feed: str, host: str = ALPACA_STREAM_HOST) -> str:
-    version = "v1beta1" if feed in FEEDS_V1BETA1 else "v2"
-    return f"{host}/{version}/{feed}"
+    return f"{host}{FEEDS[feed].path}"
 
 
 def _split_csv(value: Any) -> Any:
@@ -221,11 +219,7 @@ class Settings(BaseSettings):
         """The calendar the staleness timer follows: ``regular``, ``overnight``, ``always`` or ``never``."""
         if self.market_hours != "auto":
             return self.market_hours
-        if self.alpaca_feed == "test":
-            return "always"
-        if self.alpaca_feed in FEEDS_V1BETA1:
-            return "overnight"
-        return "regular"
+        return FEEDS[self.alpaca_feed].session
 
     def run_problems(self) -> list[str]:
         """What `run` needs beyond well-formed values."""

@@ -15,32 +15,18 @@ from typing import Final
 
 import msgspec
 
+from exporter.feeds import ALL_CHANNELS, FEEDS
 from exporter.sources.alpaca.codec import Encoding, SubscriptionAck
 from exporter.sources.backoff import Backoff, Jitter
 
 DEFAULT_HOST: Final = "wss://stream.data.alpaca.markets"
 
-# EXPORTER_ALPACA_FEED → path on the stream host (CONTRACT section 3).
-FEED_PATHS: Final[dict[str, str]] = {
-    "iex": "/v2/iex",
-    "sip": "/v2/sip",
-    "delayed_sip": "/v2/delayed_sip",
-    "boats": "/v1beta1/boats",
-    "overnight": "/v1beta1/overnight",
-    "test": "/v2/test",
-}
+# EXPORTER_ALPACA_FEED → path on the stream host (CONTRACT sections 3 and 12).
+FEED_PATHS: Final[dict[str, str]] = {name: spec.path for name, spec in FEEDS.items()}
 
-# Channels a client may subscribe to on the stocks stream (corrections/cancelErrors follow trades).
-CHANNELS: Final[tuple[str, ...]] = (
-    "trades",
-    "quotes",
-    "bars",
-    "updatedBars",
-    "dailyBars",
-    "statuses",
-    "lulds",
-    "imbalances",
-)
+# Channels a client may subscribe to on any feed (which ones a feed offers is checked by the settings;
+# corrections/cancelErrors follow trades).
+CHANNELS: Final[tuple[str, ...]] = ALL_CHANNELS
 
 
 def stream_url(feed: str, host: str = DEFAULT_HOST) -> str:

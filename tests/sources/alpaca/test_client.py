@@ -741,7 +741,7 @@ def test_config_validation() -> None:
     for bad in (
         {"url": "http://x/v2/iex"},
         {"symbols": ()},
-        {"channels": ("orderbooks",)},
+        {"channels": ("news",)},
         {"encoding": "xml"},
         {"step_timeout": 0},
         {"backoff_base": 5.0, "backoff_max": 1.0},

@@ -73,7 +73,7 @@ def test_subscribe_message_carries_the_whole_plan() -> None:
 
 def test_unknown_channel_is_rejected() -> None:
     with pytest.raises(ValueError, match="unknown Alpaca channel"):
-        subscription_plan(["trades", "orderbooks"], ["AAPL"])
+        subscription_plan(["trades", "news"], ["AAPL"])
 
 
 # ------------------------------------------------------------------ errors
