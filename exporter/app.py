@@ -21,6 +21,7 @@ import signal
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -29,9 +30,10 @@ from exporter import __version__
 from exporter.core.clock import Clock
 from exporter.core.events import Event, PrimaryData, Tick
 from exporter.core.router import BreakerTripped, Core, CoreConfig, PrimaryStale, State, Transition
+from exporter.lease import LeaseConfig, LeaseElector
 from exporter.logs import add_secrets, configure_logging, install_excepthook
 from exporter.metrics import build_registry, render_metrics
-from exporter.settings import ConfigError, Settings
+from exporter.settings import SERVICE_ACCOUNT_DIR, ConfigError, Settings
 from exporter.sources.alpaca.client import AlpacaClient, AlpacaClientConfig
 from exporter.sources.backoff import Backoff
 from exporter.sources.yahoo import YahooPoller, YahooPollerConfig
@@ -91,6 +93,21 @@ def alpaca_config(settings: Settings) -> AlpacaClientConfig:
         backoff_max=settings.alpaca_backoff_max_seconds,
         connection_limit_backoff=settings.alpaca_connection_limit_backoff_seconds,
         fatal_retry=settings.alpaca_fatal_retry_seconds,
+    )
+
+
+def lease_config(settings: Settings) -> LeaseConfig:
+    assert settings.api_url is not None  # the settings refuse kubernetes election without one
+    return LeaseConfig(
+        api_url=settings.api_url,
+        namespace=settings.lease_namespace,
+        name=settings.leader_election_lease_name,
+        identity=settings.lease_identity,
+        lease_s=settings.leader_election_lease_seconds,
+        renew_deadline_s=settings.leader_election_renew_deadline_seconds,
+        retry_s=settings.leader_election_retry_period_seconds,
+        token_file=settings.kubernetes_token_file,
+        ca_file=Path(SERVICE_ACCOUNT_DIR, "ca.crt"),
     )
 
 
@@ -157,8 +174,14 @@ class Daemon:
         self.clock = clock or self.timers
         self.core = Core(core_config(settings), self.clock)
         self.queue = EventQueue(settings.max_queue_frames)
-        self.registry = registry or build_registry(self.core, self.queue.stats)
+        self.elector = (
+            LeaseElector(lease_config(settings), self.timers, self._start_stream, self._stop_stream)
+            if settings.leader_election == "kubernetes"
+            else None
+        )
+        self.registry = registry or build_registry(self.core, self.queue.stats, self._leader_stats)
         self.alpaca = AlpacaClient(alpaca_config(settings), self.queue.put, timers=self.timers)
+        self._stream: asyncio.Task[None] | None = None  # the leader's stream task (leader election only)
         self.yahoo = (
             YahooPoller(yahoo_config(settings), self.queue.put, timers=self.timers) if settings.yahoo_enabled else None
         )
@@ -230,9 +253,49 @@ class Daemon:
                 "recovery_seconds": None if t.recovery_seconds is None else round(t.recovery_seconds, 3),
             },
         )
+        self._pace_fallback()
+
+    @property
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.election.is_leader
+
+    def _pace_fallback(self) -> None:
+        # The leader polls fast whenever the primary is not the active source, so the fallback is fresh. A
+        # standby keeps the slow standby poll: warm for a takeover, without doubling the load on Yahoo.
         if self.yahoo is not None:
-            # Poll fast whenever the primary is not the active source, so the fallback is fresh.
-            self.yahoo.set_active(t.new is not State.PRIMARY_ACTIVE)
+            self.yahoo.set_active(self.leading and self.core.state is not State.PRIMARY_ACTIVE)
+
+    def _leader_stats(self) -> tuple[float, float]:
+        if self.elector is None:
+            return 1.0, 0.0
+        election = self.elector.election
+        return (1.0 if election.is_leader else 0.0), float(election.transitions)
+
+    # ---- leader election: only the leader holds the Alpaca stream ----------------------------------
+    def _start_stream(self) -> None:
+        client = AlpacaClient(alpaca_config(self.settings), self.queue.put, timers=self.timers)
+        self.alpaca = client
+        self._stream = asyncio.get_running_loop().create_task(self._supervise("alpaca", lambda: self._run(client)))
+        self._pace_fallback()
+
+    async def _run(self, client: AlpacaClient) -> None:
+        await client.run()
+        if client is not self.alpaca or self._stream is None:
+            await asyncio.Event().wait()  # stopped on purpose: wait to be cancelled, do not restart
+
+    async def _stop_stream(self, reason: str = "shutdown") -> None:
+        """Close the stream with a close frame, bounded so the step-down ends before the lease can expire
+        (then the connection is dropped: a zombie slot for ~90 s, but never two live connections)."""
+        stream, self._stream = self._stream, None
+        margin = self.settings.leader_election_lease_seconds - self.settings.leader_election_renew_deadline_seconds
+        with contextlib.suppress(Exception):
+            async with self.timers.timeout(min(SHUTDOWN_BUDGET_SECONDS / 2, margin / 2)):
+                await self.alpaca.stop()
+        if stream is not None:
+            stream.cancel()
+            with contextlib.suppress(BaseException):
+                await stream
+        self._pace_fallback()
 
     async def _tick(self) -> None:
         clock = self.clock
@@ -292,6 +355,7 @@ class Daemon:
         status = self.core.status()
         status["version"] = __version__
         status["alpaca_client"] = _plain(self.alpaca.status)
+        status["leader_election"] = self.elector.status() if self.elector is not None else {"mode": "off"}
         if self.yahoo is not None:
             status["yahoo_poller"] = _plain(self.yahoo.status())
         status["queue"] = {"frames": self.queue.stats()[0], "dropped": self.queue.dropped}
@@ -335,7 +399,10 @@ class Daemon:
             async with asyncio.TaskGroup() as group:
                 tasks.append(group.create_task(self._supervise("router", self._route)))
                 tasks.append(group.create_task(self._supervise("ticker", self._tick)))
-                tasks.append(group.create_task(self._supervise("alpaca", self.alpaca.run)))
+                if self.elector is None:
+                    tasks.append(group.create_task(self._supervise("alpaca", self.alpaca.run)))
+                else:
+                    tasks.append(group.create_task(self._supervise("election", self.elector.run)))
                 if self.yahoo is not None:
                     tasks.append(group.create_task(self._supervise("yahoo", self.yahoo.run)))
                 self._started.set()
@@ -349,6 +416,14 @@ class Daemon:
         app_log.info("shutting down", extra={"event": "shutdown"})
         # Stop routing first: the sources going away on purpose is not an outage to report.
         tasks[0].cancel()
+        if self.elector is not None:
+            # The order matters: the stream closes first, then the Lease is handed over, so the standby
+            # never connects while this replica still holds the key's one connection.
+            tasks[2].cancel()
+            await self._stop_stream()
+            await self.elector.release()
+            with contextlib.suppress(Exception):
+                await self.elector.aclose()
         with contextlib.suppress(Exception):
             async with self.timers.timeout(SHUTDOWN_BUDGET_SECONDS / 2):
                 await self.alpaca.stop()
@@ -456,7 +531,7 @@ async def serve(settings: Settings, daemon_ready: Callable[[Daemon], Awaitable[N
 
 def quiet_libraries() -> None:
     """Per-request INFO lines of the HTTP and WebSocket libraries would drown the episode logs."""
-    for name in ("httpx", "httpcore", "websockets", "aiohttp.access"):
+    for name in ("httpx", "httpcore", "websockets", "aiohttp.access", "lightkube"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -135,6 +135,19 @@ CATALOGUE: tuple[Spec, ...] = (
         "Latency of calls to upstreams: Alpaca handshake steps, Yahoo polls",
     ),
     Spec("alpaca_exporter_build_info", "gauge", ("version", "python_version"), "Build information; value 1"),
+    # High availability (CONTRACT §13).
+    Spec(
+        "alpaca_exporter_leader",
+        "gauge",
+        (),
+        "1 while this replica leads (holds the Alpaca stream), 0 on standby; 1 when leader election is off",
+    ),
+    Spec(
+        "alpaca_exporter_leader_transitions_total",
+        "counter",
+        (),
+        "Changes of this replica's role between leader and standby",
+    ),
     # Feed quality (CONTRACT §11).
     Spec(
         "alpaca_subscription_missing_symbols",
@@ -377,6 +390,8 @@ class _Writer:
 
 
 QueueStats = Callable[[], tuple[int, int]]
+# (1 if leading else 0, role changes so far); None: no leader election, always the leader.
+LeaderStats = Callable[[], tuple[float, float]]
 
 _EOF = "# EOF\n"
 
@@ -398,9 +413,10 @@ class CoreCollector(Collector):
     (the daemon's /metrics). Both read the families ``_families`` defines.
     """
 
-    def __init__(self, core: Core, queue_stats: QueueStats | None = None) -> None:
+    def __init__(self, core: Core, queue_stats: QueueStats | None = None, leader: LeaderStats | None = None) -> None:
         self.core = core
         self.queue_stats = queue_stats
+        self.leader = leader
         self._writer = _Writer()
 
     def describe(self) -> Iterable[Metric]:
@@ -463,6 +479,9 @@ class CoreCollector(Collector):
         yield _values("dependency_up", [(labels, 1.0 if ok else 0.0) for labels, ok in up])
         yield _histograms("dependency_latency_seconds", sorted(counters.dependency_latency.items()))
         yield _values("alpaca_exporter_build_info", [((__version__, platform.python_version()), 1.0)])
+        leading, role_changes = self.leader() if self.leader else (1.0, 0.0)
+        yield _values("alpaca_exporter_leader", [((), leading)])
+        yield _values("alpaca_exporter_leader_transitions_total", [((), role_changes)])
 
         quality = core.quality
         missing = [((channel,), float(len(symbols))) for channel, symbols in quality.missing.items()]
@@ -547,11 +566,13 @@ def render_metrics(registry: CollectorRegistry, accept: str) -> tuple[bytes, str
     return render(), content_type
 
 
-def build_registry(core: Core, queue_stats: QueueStats | None = None) -> ExporterRegistry:
+def build_registry(
+    core: Core, queue_stats: QueueStats | None = None, leader: LeaderStats | None = None
+) -> ExporterRegistry:
     registry = ExporterRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    registry.register(CoreCollector(core, queue_stats))
+    registry.register(CoreCollector(core, queue_stats, leader))
     return registry
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,8 @@ ALPACA_STREAM_HOST = "wss://stream.data.alpaca.markets"
 _HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
 )
+_DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-/=^]{0,20}$")
 
 
@@ -124,13 +127,23 @@ class Settings(BaseSettings):
     # The primary's median message age (beyond the feed's own delay) that counts as a failure; 0 disables.
     max_stream_lag_seconds: float = Field(default=30.0, ge=0)
     web_config_file: Path | None = None
+    # Leader election for an HA pair (CONTRACT section 13).
+    leader_election: Literal["off", "kubernetes"] = "off"
+    leader_election_lease_name: str = "alpaca-exporter"
+    leader_election_namespace: str | None = None
+    leader_election_identity: str | None = None
+    leader_election_lease_seconds: float = Field(default=15.0, gt=0, le=3600)
+    leader_election_renew_deadline_seconds: float = Field(default=10.0, gt=0, le=3600)
+    leader_election_retry_period_seconds: float = Field(default=2.0, gt=0, le=3600)
+    kubernetes_api_url: str | None = None
+    kubernetes_token_file: Path = Path(SERVICE_ACCOUNT_DIR, "token")
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("log_format", "alpaca_encoding", "market_hours", "alpaca_feed", mode="before")
+    @field_validator("log_format", "alpaca_encoding", "market_hours", "alpaca_feed", "leader_election", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -179,6 +192,28 @@ class Settings(BaseSettings):
             _check_url(value, ("ws", "wss"), "must be a ws:// or wss:// URL, e.g. ws://127.0.0.1:8765/v2/iex")
         return value
 
+    @field_validator("kubernetes_api_url")
+    @classmethod
+    def _check_api_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url(value, ("http", "https"), "must be an http:// or https:// URL, e.g. https://10.96.0.1:443")
+            value = value.rstrip("/")
+        return value
+
+    @field_validator("leader_election_lease_name", "leader_election_namespace")
+    @classmethod
+    def _check_object_name(cls, value: str | None) -> str | None:
+        if value is not None and not _DNS_LABEL_RE.match(value):
+            raise ValueError("must be a Kubernetes name: lower-case letters, digits and '-', at most 63 characters")
+        return value
+
+    @field_validator("leader_election_identity")
+    @classmethod
+    def _check_identity(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str) -> str:
@@ -198,6 +233,21 @@ class Settings(BaseSettings):
         if self.yahoo_standby_interval_seconds < self.yahoo_interval_seconds:
             raise ValueError(
                 "EXPORTER_YAHOO_STANDBY_INTERVAL_SECONDS must not be shorter than EXPORTER_YAHOO_INTERVAL_SECONDS"
+            )
+        if not (
+            0
+            < self.leader_election_retry_period_seconds
+            < self.leader_election_renew_deadline_seconds
+            < self.leader_election_lease_seconds
+        ):
+            raise ValueError(
+                "EXPORTER_LEADER_ELECTION_RETRY_PERIOD_SECONDS < EXPORTER_LEADER_ELECTION_RENEW_DEADLINE_SECONDS"
+                " < EXPORTER_LEADER_ELECTION_LEASE_SECONDS must hold (the leader steps down before its lease expires)"
+            )
+        if self.leader_election == "kubernetes" and self.api_url is None:
+            raise ValueError(
+                "EXPORTER_KUBERNETES_API_URL: required for EXPORTER_LEADER_ELECTION=kubernetes outside a pod"
+                " (KUBERNETES_SERVICE_HOST is not set)"
             )
         if self.alpaca_feed == "test" and self.symbols and any(s != "FAKEPACA" for s in self.symbols):
             raise ValueError("the test feed streams only FAKEPACA: set EXPORTER_SYMBOLS=FAKEPACA")
@@ -220,6 +270,31 @@ class Settings(BaseSettings):
         if self.market_hours != "auto":
             return self.market_hours
         return FEEDS[self.alpaca_feed].session
+
+    @property
+    def api_url(self) -> str | None:
+        """The Kubernetes API server: EXPORTER_KUBERNETES_API_URL, else the in-cluster service."""
+        if self.kubernetes_api_url:
+            return self.kubernetes_api_url
+        host, port = os.environ.get("KUBERNETES_SERVICE_HOST"), os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+        if not host:
+            return None
+        return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+    @property
+    def lease_namespace(self) -> str:
+        """EXPORTER_LEADER_ELECTION_NAMESPACE, else the service account's namespace, else ``default``."""
+        if self.leader_election_namespace:
+            return self.leader_election_namespace
+        try:
+            return Path(SERVICE_ACCOUNT_DIR, "namespace").read_text().strip() or "default"
+        except OSError:
+            return "default"
+
+    @property
+    def lease_identity(self) -> str:
+        """EXPORTER_LEADER_ELECTION_IDENTITY, else POD_NAME, else the host name."""
+        return self.leader_election_identity or os.environ.get("POD_NAME") or socket.gethostname()
 
     def run_problems(self) -> list[str]:
         """What `run` needs beyond well-formed values."""

@@ -439,6 +439,9 @@ def test_config_map_is_a_valid_configuration(
         monkeypatch.setenv(name, value)
     for name in CREDENTIALS:
         monkeypatch.setenv(name, "placeholder")
+    # Kubernetes sets these in every pod; leader election (`ha`) finds the API server through them.
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
     settings = load_settings(for_run=True, env_file=None)
     assert settings.port == 9877
 

@@ -198,6 +198,8 @@ CATALOGUE: Mapping[str, Metric] = {
     "dependency_up": Metric("gauge", {"dependency": ("alpaca", "yahoo")}),
     "dependency_latency_seconds": Metric("histogram", {"dependency": ("alpaca", "yahoo"), "method": ANY}),
     "alpaca_exporter_build_info": Metric("gauge", {"version": ANY, "python_version": ANY}),
+    "alpaca_exporter_leader": Metric("gauge", {}),
+    "alpaca_exporter_leader_transitions": Metric("counter", {}),
     "yahoo_errors": Metric("counter", {"type": YAHOO_ERRORS}),
     # Feed quality (CONTRACT.md section 11), with this exporter's two extra gauges.
     "alpaca_subscription_missing_symbols": Metric("gauge", {"channel": SUBSCRIBE_CHANNELS}),
