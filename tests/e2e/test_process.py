@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from exporter.sim.alpaca_server import AlpacaSimulator
 from exporter.sim.market import Market
 from exporter.sim.yahoo_server import YahooSimulator
+from tests.support.process import spawn
 
 KEY = "PKPROCESSKEY7777777X"
 SECRET = "proc-secret-Zq9w8e7r6t5y4u3i2o1p"
@@ -53,53 +53,9 @@ def _env(alpaca: AlpacaSimulator, yahoo: YahooSimulator, **extra: str) -> dict[s
     return env
 
 
-class Proc:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.port: int | None = None
-        self._started = asyncio.Event()
-        self._reader = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            if '"event": "started"' in line:
-                self.port = json.loads(line)["port"]
-                self._started.set()
-
-    async def started(self, timeout: float = 10.0) -> int:
-        await asyncio.wait_for(self._started.wait(), timeout)
-        assert self.port is not None
-        return self.port
-
-    async def terminate(self, timeout: float = 6.0) -> tuple[int, str, str]:
-        self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
-        await asyncio.wait_for(self._reader, 2)
-        assert self.proc.stderr is not None
-        err = (await self.proc.stderr.read()).decode(errors="replace")
-        return code, "".join(self.lines), err
-
-
-async def _spawn(env: dict[str, str], *args: str) -> Proc:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    return Proc(proc)
-
-
 async def test_sigterm_stops_gracefully_with_a_close_frame(sims: Any) -> None:
     alpaca, yahoo = sims
-    proc = await _spawn(_env(alpaca, yahoo), "run")
+    proc = await spawn(_env(alpaca, yahoo), "run")
     port = await proc.started()
     async with httpx.AsyncClient() as http:
         for _ in range(100):
