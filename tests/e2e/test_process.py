@@ -15,7 +15,7 @@ import pytest
 from exporter.sim.alpaca_server import AlpacaSimulator
 from exporter.sim.market import Market
 from exporter.sim.yahoo_server import YahooSimulator
-from tests.support.process import spawn
+from exporter_tools.processes import spawn
 
 KEY = "PKPROCESSKEY7777777X"
 SECRET = "proc-secret-Zq9w8e7r6t5y4u3i2o1p"

@@ -1,5 +1,5 @@
-"""The console program as a child process: started with an environment, read line by line (JSON logs),
-stopped with a signal."""
+"""The console program as a child process, for the tools and the tests: started with an environment, read
+line by line (JSON logs), stopped with a signal."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ class Proc:
                 self.port = json.loads(line)["port"]
                 self._started.set()
 
-    async def started(self, timeout: float = 10.0) -> int:
-        await asyncio.wait_for(self._started.wait(), timeout)
+    async def started(self, within: float = 10.0) -> int:
+        await asyncio.wait_for(self._started.wait(), within)
         assert self.port is not None
         return self.port
 
@@ -43,10 +43,10 @@ class Proc:
         """The log records whose ``event`` is ``name``."""
         return [r for r in map(json.loads, self.lines) if r.get("event") == name]
 
-    async def terminate(self, timeout: float = 6.0, sig: signal.Signals = signal.SIGTERM) -> tuple[int, str, str]:
+    async def terminate(self, within: float = 6.0, sig: signal.Signals = signal.SIGTERM) -> tuple[int, str, str]:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        code = await asyncio.wait_for(self.proc.wait(), within)
         await asyncio.wait_for(self._reader, 2)
         assert self.proc.stderr is not None
         err = (await self.proc.stderr.read()).decode(errors="replace")
