@@ -154,7 +154,7 @@ class LeaseElector:
             ca = config.ca_file if config.ca_file is not None and config.ca_file.is_file() else None
             cluster = Cluster(server=config.api_url, certificate_auth=str(ca) if ca is not None else None)
             # No token file (outside a pod, or automountServiceAccountToken off): no Authorization header.
-            user = User(token_file=str(config.token_file)) if config.token_file.is_file() else None
+            user = User(token_file=str(config.token_file)) if config.token_file.is_file() else User()
             kubeconfig = KubeConfig.from_one(cluster=cluster, user=user, namespace=config.namespace)
             self._client = AsyncClient(kubeconfig, namespace=config.namespace, field_manager="alpaca-exporter")
         return self._client

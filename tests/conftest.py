@@ -6,15 +6,17 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from exporter.sim.alpaca_server import AlpacaSimulator
+from exporter.sim.yahoo_server import YahooSimulator
 from tests.support.pki import Pki, make_pki
 from tests.support.prometheus import PrometheusFactory, PrometheusServer, running_prometheus
-from tests.support.stacks import running_stack
+from tests.support.stacks import process_simulators, running_stack
 
 _TOOLS = Path(__file__).resolve().parent.parent / ".tools" / "bin"
 
@@ -71,3 +73,10 @@ def rstack(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[..., Any]]:
     sim_logger.setLevel(logging.WARNING)
     yield running_stack
     sim_logger.setLevel(previous)
+
+
+@pytest.fixture
+async def sims() -> AsyncIterator[tuple[AlpacaSimulator, YahooSimulator]]:
+    """An Alpaca and a Yahoo simulator for daemons run as child processes (``process_env``)."""
+    async with process_simulators() as pair:
+        yield pair

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import signal
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,8 @@ from typing import Any
 import pytest
 
 from exporter.app import Daemon
-from tests.e2e import test_process
-from tests.e2e.test_process import _env, _spawn
-from tests.support.stacks import fast_settings
-
-sims = test_process.sims  # the process tests' simulator pair (a fixture)
+from exporter_tools.processes import spawn
+from tests.support.stacks import fast_settings, process_env
 
 
 @pytest.mark.looptime
@@ -48,7 +46,7 @@ async def test_sighup_stops_gracefully_with_a_close_frame(sims: Any) -> None:
     """A SIGHUP (terminal closed, a supervisor's reload) must not drop the stream without a close frame:
     Alpaca would hold the key's only connection slot for ~90 s and the next start would meet 406."""
     alpaca, yahoo = sims
-    proc = await _spawn(_env(alpaca, yahoo), "run")
+    proc = await spawn(process_env(alpaca, yahoo), "run")
     await proc.started()
     while alpaca.stats.active == 0:
         await asyncio.sleep(0.05)
@@ -76,9 +74,9 @@ async def test_shutdown_does_not_wait_for_a_hung_dns_lookup(sims: Any, tmp_path:
     alpaca, yahoo = sims
     (tmp_path / "sitecustomize.py").write_text(textwrap.dedent(_HUNG_DNS))
     mark = tmp_path / "lookup-started"
-    env = _env(alpaca, yahoo, EXPORTER_ALPACA_URL="ws://stream.invalid:9/v2/iex", HUNG_DNS_MARK=str(mark))
+    env = process_env(alpaca, yahoo, EXPORTER_ALPACA_URL="ws://stream.invalid:9/v2/iex", HUNG_DNS_MARK=str(mark))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH", "")]))
-    proc = await _spawn(env, "run")
+    proc = await spawn(env, "run")
     try:
         await proc.started()
         while not mark.exists():
@@ -93,3 +91,27 @@ async def test_shutdown_does_not_wait_for_a_hung_dns_lookup(sims: Any, tmp_path:
         if proc.proc.returncode is None:
             proc.proc.kill()
             await proc.proc.wait()
+
+
+async def test_the_kubernetes_client_is_imported_only_with_leader_election(sims: Any) -> None:
+    # lightkube and its models cost ≈ 5 MiB of RSS: a daemon without leader election must not pay for them.
+    alpaca, yahoo = sims
+    code = (
+        "import asyncio, sys\n"
+        "from exporter.app import Daemon\n"
+        "from exporter.settings import load_settings\n"
+        "async def main():\n"
+        "    daemon = Daemon(load_settings(for_run=True, env_file=None))\n"
+        "    if daemon.elector is not None:\n"
+        "        daemon.elector.client()  # what its first attempt does\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightkube'))\n"
+    )
+    for election, imported in (("off", False), ("kubernetes", True)):
+        env = process_env(
+            alpaca, yahoo, EXPORTER_LEADER_ELECTION=election, EXPORTER_KUBERNETES_API_URL="http://127.0.0.1:9"
+        )
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=env, stdout=-1, stderr=-1)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert (out.decode().strip() != "[]") is imported, (election, out)

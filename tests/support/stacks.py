@@ -29,6 +29,7 @@ from exporter.sim.faultproxy import FaultProxy
 from exporter.sim.market import Market
 from exporter.sim.yahoo_server import YahooSimulator
 from exporter.sources.yahoo import YahooPoller
+from exporter_tools.processes import clean_environ
 
 SYMBOLS = ["AAPL", "MSFT", "SPY"]
 KEY = "PKSTACKTESTKEY000001"
@@ -218,3 +219,44 @@ def records(caplog: pytest.LogCaptureFixture, logger: str, message: str, level: 
         for r in caplog.records
         if r.name == logger and r.getMessage().startswith(message) and (level is None or r.levelno == level)
     ]
+
+
+# ---- daemons as child processes (exporter_tools/processes.py) ----------------------------------------
+
+PROCESS_KEY = "PKPROCESSKEY7777777X"
+PROCESS_SECRET = "proc-secret-Zq9w8e7r6t5y4u3i2o1p"
+
+
+@contextlib.asynccontextmanager
+async def process_simulators() -> AsyncIterator[tuple[AlpacaSimulator, YahooSimulator]]:
+    market = Market(["AAPL", "MSFT"], seed=5)
+    alpaca = AlpacaSimulator(
+        market, credentials=(PROCESS_KEY, PROCESS_SECRET), rate=100.0, compression=None, zombie_hold=0.2
+    )
+    yahoo = YahooSimulator(market)
+    async with alpaca, yahoo:
+        yield alpaca, yahoo
+
+
+def process_env(alpaca: AlpacaSimulator, yahoo: YahooSimulator, **extra: str) -> dict[str, str]:
+    """The environment of a daemon process against the pair of ``process_simulators``."""
+    env = clean_environ()
+    env.update(
+        {
+            "APCA_API_KEY_ID": PROCESS_KEY,
+            "APCA_API_SECRET_KEY": PROCESS_SECRET,
+            "EXPORTER_SYMBOLS": "AAPL,MSFT",
+            "EXPORTER_ALPACA_URL": alpaca.url("/v2/iex"),
+            "EXPORTER_YAHOO_URL": yahoo.url,
+            "EXPORTER_YAHOO_INTERVAL_SECONDS": "0.3",
+            "EXPORTER_YAHOO_STANDBY_INTERVAL_SECONDS": "0.5",
+            "EXPORTER_HOST": "127.0.0.1",
+            "EXPORTER_PORT": "0",
+            "EXPORTER_ALPACA_BACKOFF_MAX_SECONDS": "0.5",
+            "EXPORTER_ALPACA_FATAL_RETRY_SECONDS": "0.5",
+            "EXPORTER_MARKET_HOURS": "always",
+            "EXPORTER_STALE_AFTER_SECONDS": "1",
+        }
+    )
+    env.update(extra)
+    return env
