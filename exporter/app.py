@@ -29,6 +29,7 @@ from exporter import __version__
 from exporter.core.clock import Clock
 from exporter.core.events import Event, PrimaryData, Tick
 from exporter.core.router import BreakerTripped, Core, CoreConfig, PrimaryStale, State, Transition
+from exporter.feeds import FEEDS
 from exporter.logs import add_secrets, configure_logging, install_excepthook
 from exporter.metrics import build_registry, render_metrics
 from exporter.settings import ConfigError, Settings
@@ -100,6 +101,8 @@ def yahoo_config(settings: Settings) -> YahooPollerConfig:
         symbols=tuple(settings.symbols),
         standby_interval=settings.yahoo_standby_interval_seconds,
         active_interval=settings.yahoo_interval_seconds,
+        yahoo_symbols=settings.yahoo_symbol_map,
+        family=FEEDS[settings.alpaca_feed].family,
     )
 
 
@@ -157,7 +160,9 @@ class Daemon:
         self.clock = clock or self.timers
         self.core = Core(core_config(settings), self.clock)
         self.queue = EventQueue(settings.max_queue_frames)
-        self.registry = registry or build_registry(self.core, self.queue.stats)
+        self.registry = registry or build_registry(
+            self.core, self.queue.stats, feed_info=(settings.alpaca_feed, settings.alpaca_encoding)
+        )
         self.alpaca = AlpacaClient(alpaca_config(settings), self.queue.put, timers=self.timers)
         self.yahoo = (
             YahooPoller(yahoo_config(settings), self.queue.put, timers=self.timers) if settings.yahoo_enabled else None

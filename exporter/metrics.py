@@ -135,6 +135,8 @@ CATALOGUE: tuple[Spec, ...] = (
         "Latency of calls to upstreams: Alpaca handshake steps, Yahoo polls",
     ),
     Spec("alpaca_exporter_build_info", "gauge", ("version", "python_version"), "Build information; value 1"),
+    # CONTRACT §12: tells the instances of a stocks + crypto + options deployment apart.
+    Spec("alpaca_exporter_feed_info", "gauge", ("feed", "encoding"), "The Alpaca feed and encoding streamed; value 1"),
     # Feed quality (CONTRACT §11).
     Spec(
         "alpaca_subscription_missing_symbols",
@@ -392,15 +394,19 @@ def _render_generic(collector: Any, openmetrics: bool) -> str:
 
 
 class CoreCollector(Collector):
-    """Projects a ``Core`` onto the catalogue. ``queue_stats`` returns (frames waiting, frames dropped).
+    """Projects a ``Core`` onto the catalogue. ``queue_stats`` returns (frames waiting, frames dropped);
+    ``feed_info`` is the (feed, encoding) streamed (no ``alpaca_exporter_feed_info`` series without it).
 
     ``collect()`` serves the client library's encoders; ``render()`` writes the same exposition directly
     (the daemon's /metrics). Both read the families ``_families`` defines.
     """
 
-    def __init__(self, core: Core, queue_stats: QueueStats | None = None) -> None:
+    def __init__(
+        self, core: Core, queue_stats: QueueStats | None = None, feed_info: tuple[str, str] | None = None
+    ) -> None:
         self.core = core
         self.queue_stats = queue_stats
+        self.feed_info = feed_info
         self._writer = _Writer()
 
     def describe(self) -> Iterable[Metric]:
@@ -463,6 +469,7 @@ class CoreCollector(Collector):
         yield _values("dependency_up", [(labels, 1.0 if ok else 0.0) for labels, ok in up])
         yield _histograms("dependency_latency_seconds", sorted(counters.dependency_latency.items()))
         yield _values("alpaca_exporter_build_info", [((__version__, platform.python_version()), 1.0)])
+        yield _values("alpaca_exporter_feed_info", [] if self.feed_info is None else [(self.feed_info, 1.0)])
 
         quality = core.quality
         missing = [((channel,), float(len(symbols))) for channel, symbols in quality.missing.items()]
@@ -547,11 +554,13 @@ def render_metrics(registry: CollectorRegistry, accept: str) -> tuple[bytes, str
     return render(), content_type
 
 
-def build_registry(core: Core, queue_stats: QueueStats | None = None) -> ExporterRegistry:
+def build_registry(
+    core: Core, queue_stats: QueueStats | None = None, feed_info: tuple[str, str] | None = None
+) -> ExporterRegistry:
     registry = ExporterRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    registry.register(CoreCollector(core, queue_stats))
+    registry.register(CoreCollector(core, queue_stats, feed_info))
     return registry
 
 
