@@ -30,6 +30,7 @@ from exporter import __version__
 from exporter.core.clock import Clock
 from exporter.core.events import Event, PrimaryData, Tick
 from exporter.core.router import BreakerTripped, Core, CoreConfig, PrimaryStale, State, Transition
+from exporter.feeds import FEEDS
 from exporter.lease import LeaseConfig, LeaseElector
 from exporter.logs import add_secrets, configure_logging, install_excepthook
 from exporter.metrics import build_registry, render_metrics
@@ -117,6 +118,8 @@ def yahoo_config(settings: Settings) -> YahooPollerConfig:
         symbols=tuple(settings.symbols),
         standby_interval=settings.yahoo_standby_interval_seconds,
         active_interval=settings.yahoo_interval_seconds,
+        yahoo_symbols=settings.yahoo_symbol_map,
+        family=FEEDS[settings.alpaca_feed].family,
     )
 
 
@@ -179,7 +182,12 @@ class Daemon:
             if settings.leader_election == "kubernetes"
             else None
         )
-        self.registry = registry or build_registry(self.core, self.queue.stats, self._leader_stats)
+        self.registry = registry or build_registry(
+            self.core,
+            self.queue.stats,
+            self._leader_stats,
+            feed_info=(settings.alpaca_feed, settings.alpaca_encoding),
+        )
         self.alpaca = AlpacaClient(alpaca_config(settings), self.queue.put, timers=self.timers)
         self._stream: asyncio.Task[None] | None = None  # the leader's stream task (leader election only)
         self.yahoo = (

@@ -27,12 +27,14 @@ STOCK_CHANNELS: Final = ("trades", "quotes", "bars", "updatedBars", "dailyBars",
 CRYPTO_CHANNELS: Final = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "orderbooks")
 OPTION_CHANNELS: Final = ("trades", "quotes")
 
-# Stock tickers as Alpaca and Yahoo spell them (BRK.B, BRK-B, ^GSPC, EURUSD=X).
-_STOCK_SYMBOL: Final = re.compile(r"^[A-Z0-9][A-Z0-9.\-/=^]{0,20}$")
+# OCC: root (1-6), expiry YYMMDD, C or P, strike in thousandths (8 digits), e.g. AAPL250117C00150000.
+_OCC = r"[A-Z0-9]{1,6}\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])[CP]\d{8}"
+_OCC_SYMBOL: Final = re.compile(rf"^{_OCC}$")
+# Stock tickers as Alpaca and Yahoo spell them (BRK.B, BRK-B, ^GSPC, EURUSD=X): no slash (that is a
+# crypto pair) and no OCC contract (that is an option), so a symbol of another family is refused.
+_STOCK_SYMBOL: Final = re.compile(rf"^(?!{_OCC}$)[A-Z0-9][A-Z0-9.\-=^]{{0,20}}$")
 # BASE/QUOTE, e.g. BTC/USD, ETH/BTC, USDT/USD.
 _CRYPTO_SYMBOL: Final = re.compile(r"^[A-Z0-9]{1,10}/[A-Z0-9]{1,10}$")
-# OCC: root (1-6), expiry YYMMDD, C or P, strike in thousandths (8 digits), e.g. AAPL250117C00150000.
-_OCC_SYMBOL: Final = re.compile(r"^[A-Z0-9]{1,6}\d{2}(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])[CP]\d{8}$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,8 @@ CATALOGUE: tuple[Spec, ...] = (
         (),
         "Changes of this replica's role between leader and standby",
     ),
+    # CONTRACT §12: tells the instances of a stocks + crypto + options deployment apart.
+    Spec("alpaca_exporter_feed_info", "gauge", ("feed", "encoding"), "The Alpaca feed and encoding streamed; value 1"),
     # Feed quality (CONTRACT §11).
     Spec(
         "alpaca_subscription_missing_symbols",
@@ -407,16 +409,24 @@ def _render_generic(collector: Any, openmetrics: bool) -> str:
 
 
 class CoreCollector(Collector):
-    """Projects a ``Core`` onto the catalogue. ``queue_stats`` returns (frames waiting, frames dropped).
+    """Projects a ``Core`` onto the catalogue. ``queue_stats`` returns (frames waiting, frames dropped);
+    ``feed_info`` is the (feed, encoding) streamed (no ``alpaca_exporter_feed_info`` series without it).
 
     ``collect()`` serves the client library's encoders; ``render()`` writes the same exposition directly
     (the daemon's /metrics). Both read the families ``_families`` defines.
     """
 
-    def __init__(self, core: Core, queue_stats: QueueStats | None = None, leader: LeaderStats | None = None) -> None:
+    def __init__(
+        self,
+        core: Core,
+        queue_stats: QueueStats | None = None,
+        leader: LeaderStats | None = None,
+        feed_info: tuple[str, str] | None = None,
+    ) -> None:
         self.core = core
         self.queue_stats = queue_stats
         self.leader = leader
+        self.feed_info = feed_info
         self._writer = _Writer()
 
     def describe(self) -> Iterable[Metric]:
@@ -482,6 +492,7 @@ class CoreCollector(Collector):
         leading, role_changes = self.leader() if self.leader else (1.0, 0.0)
         yield _values("alpaca_exporter_leader", [((), leading)])
         yield _values("alpaca_exporter_leader_transitions_total", [((), role_changes)])
+        yield _values("alpaca_exporter_feed_info", [] if self.feed_info is None else [(self.feed_info, 1.0)])
 
         quality = core.quality
         missing = [((channel,), float(len(symbols))) for channel, symbols in quality.missing.items()]
@@ -567,12 +578,15 @@ def render_metrics(registry: CollectorRegistry, accept: str) -> tuple[bytes, str
 
 
 def build_registry(
-    core: Core, queue_stats: QueueStats | None = None, leader: LeaderStats | None = None
+    core: Core,
+    queue_stats: QueueStats | None = None,
+    leader: LeaderStats | None = None,
+    feed_info: tuple[str, str] | None = None,
 ) -> ExporterRegistry:
     registry = ExporterRegistry()
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
-    registry.register(CoreCollector(core, queue_stats, leader))
+    registry.register(CoreCollector(core, queue_stats, leader, feed_info))
     return registry
 
 

@@ -16,10 +16,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from exporter.feeds import ALL_CHANNELS, FEEDS, Feed
+from exporter.feeds import ALL_CHANNELS, FEEDS, Feed, FeedSpec, yahoo_symbol
 
 CHANNELS = ALL_CHANNELS
 ALPACA_STREAM_HOST = "wss://stream.data.alpaca.markets"
@@ -30,6 +38,8 @@ _HOSTNAME_RE = re.compile(
 _DNS_LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 _SYMBOL_RE = re.compile(r"^[A-Z0-9][A-Z0-9.\-/=^]{0,20}$")
+# Yahoo's spellings may also start with ^ (indices: ^GSPC).
+_YAHOO_SYMBOL_RE = re.compile(r"^\^?[A-Z0-9][A-Z0-9.\-/=^]{0,20}$")
 
 
 def _is_host(value: str) -> bool:
@@ -68,6 +78,20 @@ def _check_url(value: str, schemes: tuple[str, ...], shape: str) -> None:
         raise ValueError(f"{shape}; the host is not a host name or an IP address")
 
 
+# How each family spells its symbols, for the error naming EXPORTER_SYMBOLS.
+_SYMBOL_SYNTAX = {
+    "stocks": "it takes stock tickers",
+    "crypto": "it takes BASE/QUOTE pairs",
+    "options": "it takes OCC option symbols",
+}
+
+
+def _feed_spec(info: ValidationInfo) -> FeedSpec | None:
+    """The feed already validated (None when EXPORTER_ALPACA_FEED itself is bad: that is its own error)."""
+    feed = info.data.get("alpaca_feed")
+    return FEEDS.get(feed) if isinstance(feed, str) else None
+
+
 def feed_url(feed: str, host: str = ALPACA_STREAM_HOST) -> str:
     return f"{host}{FEEDS[feed].path}"
 
@@ -95,12 +119,15 @@ class Settings(BaseSettings):
     apca_api_secret_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("APCA_API_SECRET_KEY", "apca_api_secret_key")
     )
-    symbols: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # The feed comes first: the symbol, channel and encoding checks below read it (``info.data``).
     alpaca_feed: Feed = "iex"
+    symbols: Annotated[list[str], NoDecode] = Field(default_factory=list)
     alpaca_url: str | None = None
     alpaca_encoding: Literal["msgpack", "json"] = "msgpack"
     alpaca_channels: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["trades"])
     yahoo_url: str = "https://query1.finance.yahoo.com"
+    # ALPACA=YAHOO pairs overriding exporter.feeds.yahoo_symbol (CONTRACT section 12).
+    yahoo_symbols: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     yahoo_enabled: bool = True
     yahoo_interval_seconds: float = Field(default=5.0, gt=0)
     yahoo_standby_interval_seconds: float = Field(default=60.0, gt=0)
@@ -155,20 +182,53 @@ class Settings(BaseSettings):
 
     @field_validator("symbols")
     @classmethod
-    def _normalise_symbols(cls, value: list[str]) -> list[str]:
+    def _normalise_symbols(cls, value: list[str], info: ValidationInfo) -> list[str]:
         seen: dict[str, None] = {}
         bad: list[str] = []
+        foreign: list[str] = []
+        spec = _feed_spec(info)
         for position, raw in enumerate(value, start=1):
             symbol = raw.strip().upper()
             if not _SYMBOL_RE.match(symbol):
                 # Positions, not values: a secret pasted into the wrong variable must not be echoed.
                 bad.append(str(position))
+            elif spec is not None and not spec.accepts_symbol(symbol):
+                foreign.append(str(position))
             seen.setdefault(symbol, None)
         if bad:
             raise ValueError(
                 f"entry {', '.join(bad)} is not a valid symbol (letters, digits and . - / = ^, at most 21 characters)"
             )
+        if foreign:
+            assert spec is not None
+            raise ValueError(
+                f"entry {', '.join(foreign)} cannot be a symbol of the {spec.name} feed "
+                f"({_SYMBOL_SYNTAX[spec.family]}, e.g. {spec.symbol_example})"
+            )
         return list(seen)
+
+    @field_validator("yahoo_symbols", mode="before")
+    @classmethod
+    def _parse_yahoo_symbols(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        bad: list[str] = []
+        repeated: list[str] = []
+        for position, entry in enumerate(_split_csv(value), start=1):
+            # Split at the first "=": Yahoo's own symbols may contain one (EURUSD=X, GC=F).
+            alpaca, sep, yahoo = (part.strip().upper() for part in entry.partition("="))
+            if not sep or not _SYMBOL_RE.match(alpaca) or not _YAHOO_SYMBOL_RE.match(yahoo):
+                bad.append(str(position))
+            elif alpaca in pairs:
+                repeated.append(str(position))
+            else:
+                pairs[alpaca] = yahoo
+        if bad:
+            raise ValueError(f"entry {', '.join(bad)} is not an ALPACA=YAHOO pair, e.g. BTC/USD=BTC-USD")
+        if repeated:
+            raise ValueError(f"entry {', '.join(repeated)} maps a symbol an earlier entry already maps")
+        return pairs
 
     @field_validator("alpaca_channels", mode="before")
     @classmethod
@@ -177,13 +237,27 @@ class Settings(BaseSettings):
 
     @field_validator("alpaca_channels")
     @classmethod
-    def _check_channels(cls, value: list[str]) -> list[str]:
-        unknown = [str(i) for i, c in enumerate(value, start=1) if c not in CHANNELS]
+    def _check_channels(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        spec = _feed_spec(info)
+        allowed = CHANNELS if spec is None else spec.channels
+        unknown = [str(i) for i, c in enumerate(value, start=1) if c not in allowed]
         if unknown:
-            raise ValueError(f"entry {', '.join(unknown)} is not a channel; allowed: {', '.join(CHANNELS)}")
+            of_feed = "" if spec is None else f" of the {spec.name} feed"
+            raise ValueError(f"entry {', '.join(unknown)} is not a channel{of_feed}; allowed: {', '.join(allowed)}")
         if not value:
             raise ValueError("at least one channel is needed")
         return list(dict.fromkeys(value))
+
+    @field_validator("alpaca_encoding")
+    @classmethod
+    def _check_encoding(cls, value: str, info: ValidationInfo) -> str:
+        spec = _feed_spec(info)
+        if spec is not None and value not in spec.encodings:
+            raise ValueError(
+                f"the {spec.name} feed is {' or '.join(spec.encodings)} only (Alpaca refuses {value} with 412); "
+                f"set EXPORTER_ALPACA_ENCODING={spec.encodings[0]}"
+            )
+        return value
 
     @field_validator("alpaca_url")
     @classmethod
@@ -230,8 +304,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
+        problems = []
         if self.yahoo_standby_interval_seconds < self.yahoo_interval_seconds:
-            raise ValueError(
+            problems.append(
                 "EXPORTER_YAHOO_STANDBY_INTERVAL_SECONDS must not be shorter than EXPORTER_YAHOO_INTERVAL_SECONDS"
             )
         if not (
@@ -250,7 +325,15 @@ class Settings(BaseSettings):
                 " (KUBERNETES_SERVICE_HOST is not set)"
             )
         if self.alpaca_feed == "test" and self.symbols and any(s != "FAKEPACA" for s in self.symbols):
-            raise ValueError("the test feed streams only FAKEPACA: set EXPORTER_SYMBOLS=FAKEPACA")
+            problems.append("EXPORTER_SYMBOLS: the test feed streams only FAKEPACA: set EXPORTER_SYMBOLS=FAKEPACA")
+        strangers = [str(i) for i, s in enumerate(self.yahoo_symbols, start=1) if s not in self.symbols]
+        if strangers:
+            problems.append(
+                f"EXPORTER_YAHOO_SYMBOLS: entry {', '.join(strangers)} maps a symbol that is not in EXPORTER_SYMBOLS"
+            )
+        if problems:
+            # One error carries them all (pydantic stops at the first raise); load_settings splits the lines.
+            raise ValueError("\n".join(problems))
         return self
 
     # Derived values: computed, never stored twice.
@@ -263,6 +346,12 @@ class Settings(BaseSettings):
         if self.max_message_age_seconds is not None:
             return self.max_message_age_seconds
         return 960.0 if self.alpaca_feed == "delayed_sip" else 60.0
+
+    @property
+    def yahoo_symbol_map(self) -> dict[str, str]:
+        """Yahoo's spelling of every symbol: the EXPORTER_YAHOO_SYMBOLS override, else the feed's mapping."""
+        family = FEEDS[self.alpaca_feed].family
+        return {s: self.yahoo_symbols.get(s) or yahoo_symbol(s, family) for s in self.symbols}
 
     @property
     def market_hours_mode(self) -> str:
@@ -322,11 +411,16 @@ class Settings(BaseSettings):
                 out[var] = "(unset)"
             elif isinstance(value, list):
                 out[var] = ",".join(value)
+            elif isinstance(value, dict):
+                out[var] = ",".join(f"{k}={v}" for k, v in value.items())
             else:
                 out[var] = str(value)
         out["EXPORTER_ALPACA_URL"] = f"{self.stream_url}" + ("" if self.alpaca_url else " (derived from the feed)")
         if self.max_message_age_seconds is None:
             out["EXPORTER_MAX_MESSAGE_AGE_SECONDS"] = f"{self.message_max_age_seconds:g} (default for the feed)"
+        # The mapping in force, overrides and defaults alike, for the symbols Yahoo spells differently.
+        renamed = [f"{a}={y}" for a, y in self.yahoo_symbol_map.items() if a != y]
+        out["EXPORTER_YAHOO_SYMBOLS"] = ",".join(renamed) if renamed else "(none: Yahoo spells every symbol alike)"
         # Credentials can hide in other values too (user:password@ in a URL, a key pasted into a query
         # string): check-config prints these values, so mask them there as well.
         from exporter.logs import redact
@@ -400,7 +494,7 @@ def load_settings(*, for_run: bool = False, env_file: str | Path | None = ".env"
     try:
         settings = Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
-        problems = [_describe(e) for e in exc.errors()]
+        problems = [line for e in exc.errors() for line in _describe(e).split("\n")]
         if for_run:
             named = {p.split(":", 1)[0] for p in problems}
             problems += [p for p in _missing_required(env_file) if p.split(":", 1)[0] not in named]

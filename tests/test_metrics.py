@@ -12,11 +12,13 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from exporter.app import Daemon
 from exporter.core.clock import FakeClock
 from exporter.core.events import DependencyLatency, FallbackPoll, PrimaryControl, PrimaryError, SubscriptionStatus
 from exporter.core.messages import Unknown
 from exporter.core.router import Core, CoreConfig
 from exporter.metrics import build_registry
+from exporter.settings import load_settings
 from tests.support.core import Harness
 
 # Written from CONTRACT section 5, not imported from the code: exposed name -> (type, label names).
@@ -431,3 +433,25 @@ def test_a_scrape_does_not_change_the_core(busy: tuple[Harness, dict[str, list[S
         return {k: v for k, v in families.items() if not k.startswith(("process_", "python_"))}
 
     assert core_families(first) == core_families(second)
+
+
+# ---- the feed (CONTRACT section 12) --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("feed", "encoding", "symbols"),
+    [("iex", "json", "AAPL"), ("crypto", "msgpack", "BTC/USD"), ("opra", "msgpack", "AAPL250117C00150000")],
+)
+def test_the_daemon_exposes_its_feed_and_encoding(feed: str, encoding: str, symbols: str) -> None:
+    settings = load_settings(
+        env_file=None,
+        apca_api_key_id="PKFEEDINFO",
+        apca_api_secret_key="feed-info-secret",
+        symbols=symbols,
+        alpaca_feed=feed,
+        alpaca_encoding=encoding,
+    )
+    text = generate_latest(Daemon(settings).registry).decode()
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "alpaca_exporter_feed_info"]
+    assert family.type == "gauge"
+    assert [(s.labels, s.value) for s in family.samples] == [({"feed": feed, "encoding": encoding}, 1.0)]

@@ -6,12 +6,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 
 from exporter.cli import main
-from exporter.settings import ConfigError, Settings, load_settings
+from exporter.feeds import Feed
+from exporter.settings import CHANNELS, ConfigError, Settings, load_settings
 
 KEY = "PKZQ4TESTKEYID7734XW"
 SECRET = "tH1s/Is+The=Secret0fAlpacaKey9876543210zz"
@@ -44,6 +45,7 @@ CONTRACT_VARIABLES = (
     "EXPORTER_PORT",
     "EXPORTER_LOG_LEVEL",
     "EXPORTER_LOG_FORMAT",
+    "EXPORTER_YAHOO_SYMBOLS",  # section 12
 )
 
 
@@ -142,6 +144,12 @@ HAPPY: list[tuple[str, str, str, Any]] = [
     ("EXPORTER_PORT", "0", "port", 0),
     ("EXPORTER_LOG_LEVEL", "debug", "log_level", "DEBUG"),
     ("EXPORTER_LOG_FORMAT", "console", "log_format", "console"),
+    (
+        "EXPORTER_YAHOO_SYMBOLS",
+        " spy = spy.mx ",
+        "yahoo_symbol_map",
+        {"AAPL": "AAPL", "MSFT": "MSFT", "SPY": "SPY.MX"},
+    ),
 ]
 
 
@@ -186,6 +194,7 @@ BAD: list[tuple[str, str]] = [
     ("EXPORTER_PORT", "70000"),
     ("EXPORTER_LOG_LEVEL", "LOUD"),
     ("EXPORTER_LOG_FORMAT", "xml"),
+    ("EXPORTER_YAHOO_SYMBOLS", "AAPL"),
 ]
 
 
@@ -317,6 +326,205 @@ def test_feed_derives_url_calendar_and_age(
     assert (s.stream_url, s.market_hours_mode, s.message_max_age_seconds) == ("wss://example.test/v2/x", "never", 30.0)
 
 
+# ---- feeds beyond stocks (CONTRACT section 12) ---------------------------------------------------
+
+# Written from CONTRACT sections 3 and 12 (and alpaca-stream.md section 1 for the test stream), not
+# imported from exporter.feeds: feed -> (channels it offers, encodings, a symbol of its family).
+STOCK_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds", "imbalances")
+FEED_TABLE: dict[str, tuple[tuple[str, ...], tuple[str, ...], str]] = {
+    **{feed: (STOCK_CHANNELS, ("msgpack", "json"), "AAPL") for feed in ("iex", "sip", "delayed_sip", "boats")},
+    "overnight": (STOCK_CHANNELS, ("msgpack", "json"), "BRK.B"),
+    "test": (("trades", "quotes", "bars"), ("msgpack", "json"), "FAKEPACA"),
+    "crypto": (("trades", "quotes", "bars", "updatedBars", "dailyBars", "orderbooks"), ("msgpack", "json"), "BTC/USD"),
+    "indicative": (("trades", "quotes"), ("msgpack",), "AAPL250117C00150000"),
+    "opra": (("trades", "quotes"), ("msgpack",), "SPY241220P00400000"),
+}
+EVERY_CHANNEL = tuple(dict.fromkeys(c for channels, _, _ in FEED_TABLE.values() for c in channels))
+# A symbol of each family, and of none other.
+FAMILY_SYMBOLS = {
+    "stocks": ("AAPL", "BRK.B", "EURUSD=X"),
+    "crypto": ("BTC/USD", "ETH/BTC"),
+    "options": ("AAPL250117C00150000",),
+}
+FEED_FAMILY = {
+    feed: "crypto" if feed == "crypto" else "options" if feed in ("indicative", "opra") else "stocks"
+    for feed in FEED_TABLE
+}
+REFUSED_CHANNELS = [(f, c) for f, (offered, _, _) in FEED_TABLE.items() for c in EVERY_CHANNEL if c not in offered]
+REFUSED_ENCODINGS = [
+    (f, e) for f, (_, encodings, _) in FEED_TABLE.items() for e in ("msgpack", "json") if e not in encodings
+]
+REFUSED_SYMBOLS = [
+    (f, s)
+    for f in FEED_TABLE
+    for family, symbols in FAMILY_SYMBOLS.items()
+    if family != FEED_FAMILY[f]
+    for s in symbols
+]
+
+
+def feed_env(feed: str, **more: str) -> dict[str, str]:
+    """A valid environment for ``feed`` (its own symbol, trades), with ``more`` on top."""
+    return {**REQUIRED, "EXPORTER_ALPACA_FEED": feed, "EXPORTER_SYMBOLS": FEED_TABLE[feed][2], **more}
+
+
+def test_feed_table_covers_every_feed_and_channel() -> None:
+    assert set(FEED_TABLE) == set(get_args(Feed))
+    assert set(EVERY_CHANNEL) == set(CHANNELS)
+    assert ("crypto", "statuses") in REFUSED_CHANNELS
+    assert ("iex", "orderbooks") in REFUSED_CHANNELS
+    assert REFUSED_ENCODINGS == [("indicative", "json"), ("opra", "json")]
+
+
+@pytest.mark.parametrize(("feed", "channel"), REFUSED_CHANNELS)
+def test_a_channel_the_feed_does_not_offer_is_refused(feed: str, channel: str) -> None:
+    problems = problems_for(**feed_env(feed, EXPORTER_ALPACA_CHANNELS=f"trades,{channel}"))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("EXPORTER_ALPACA_CHANNELS: entry 2 is not a channel of the"), problems
+    assert f"{feed} feed" in problems[0]
+
+
+@pytest.mark.parametrize(("feed", "encoding"), REFUSED_ENCODINGS)
+def test_json_is_refused_on_the_options_feeds(feed: str, encoding: str) -> None:
+    problems = problems_for(**feed_env(feed, EXPORTER_ALPACA_ENCODING=encoding.upper()))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("EXPORTER_ALPACA_ENCODING:"), problems
+    assert "msgpack" in problems[0]
+
+
+@pytest.mark.parametrize(("feed", "symbol"), REFUSED_SYMBOLS)
+def test_a_symbol_of_another_family_is_refused(feed: str, symbol: str) -> None:
+    own = FEED_TABLE[feed][2]
+    problems = problems_for(**feed_env(feed, EXPORTER_SYMBOLS=f"{own},{symbol.lower()}"))
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"EXPORTER_SYMBOLS: entry 2 cannot be a symbol of the {feed} feed"), problems
+    assert symbol not in problems[0].split(", e.g.")[0]  # positions, never the values
+
+
+@pytest.mark.parametrize("feed", list(FEED_TABLE))
+def test_every_feed_accepts_its_own_channels_encodings_and_symbols(monkeypatch: pytest.MonkeyPatch, feed: str) -> None:
+    channels, encodings, _ = FEED_TABLE[feed]
+    symbols = ["FAKEPACA"] if feed == "test" else FAMILY_SYMBOLS[FEED_FAMILY[feed]]
+    for encoding in encodings:
+        env = feed_env(feed, EXPORTER_SYMBOLS=",".join(symbols), EXPORTER_ALPACA_CHANNELS=",".join(channels))
+        setenv(monkeypatch, {**env, "EXPORTER_ALPACA_ENCODING": encoding})
+        s = load_settings(for_run=True, env_file=None)
+        assert (s.alpaca_feed, s.alpaca_encoding, s.alpaca_channels, s.symbols) == (
+            feed,
+            encoding,
+            list(channels),
+            list(symbols),
+        )
+
+
+def test_several_feed_problems_are_one_line_each() -> None:
+    problems = problems_for(
+        **feed_env(
+            "opra",
+            EXPORTER_SYMBOLS="AAPL250117C00150000,BTC/USD",
+            EXPORTER_ALPACA_CHANNELS="trades,bars",
+            EXPORTER_ALPACA_ENCODING="json",
+            EXPORTER_YAHOO_SYMBOLS="MSFT=MSFT",
+        )
+    )
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "EXPORTER_ALPACA_CHANNELS",
+        "EXPORTER_ALPACA_ENCODING",
+        "EXPORTER_SYMBOLS",
+    ]  # the Yahoo mapping is checked against the symbols once they are valid
+
+
+def test_model_level_problems_are_one_line_each() -> None:
+    problems = problems_for(
+        **feed_env(
+            "crypto",
+            EXPORTER_YAHOO_INTERVAL_SECONDS="30",
+            EXPORTER_YAHOO_STANDBY_INTERVAL_SECONDS="10",
+            EXPORTER_YAHOO_SYMBOLS="ETH/USD=ETH-USD",
+        )
+    )
+    assert len(problems) == 2, problems
+    assert problems[0].startswith("EXPORTER_YAHOO_STANDBY_INTERVAL_SECONDS")
+    assert problems[1] == "EXPORTER_YAHOO_SYMBOLS: entry 1 maps a symbol that is not in EXPORTER_SYMBOLS"
+
+
+@pytest.mark.parametrize(
+    ("feed", "url", "mode"),
+    [
+        ("crypto", "wss://stream.data.alpaca.markets/v1beta3/crypto/us", "always"),
+        ("indicative", "wss://stream.data.alpaca.markets/v1beta1/indicative", "regular"),
+        ("opra", "wss://stream.data.alpaca.markets/v1beta1/opra", "regular"),
+    ],
+)
+def test_crypto_and_options_derive_url_and_calendar(
+    monkeypatch: pytest.MonkeyPatch, feed: str, url: str, mode: str
+) -> None:
+    """CONTRACT section 12: with EXPORTER_MARKET_HOURS=auto crypto is always open, options keep the equity session."""
+    setenv(monkeypatch, feed_env(feed))
+    s = load_settings(for_run=True, env_file=None)
+    assert (s.stream_url, s.market_hours, s.market_hours_mode, s.message_max_age_seconds) == (url, "auto", mode, 60.0)
+    for explicit in ("always", "never"):  # an explicit calendar wins over the feed's
+        monkeypatch.setenv("EXPORTER_MARKET_HOURS", explicit)
+        assert load_settings(for_run=True, env_file=None).market_hours_mode == explicit
+
+
+@pytest.mark.parametrize(
+    ("feed", "symbols", "override", "expected"),
+    [
+        ("crypto", "BTC/USD,eth/usd", "", {"BTC/USD": "BTC-USD", "ETH/USD": "ETH-USD"}),
+        ("crypto", "BTC/USD,USDT/USD", "usdt/usd=usdt-usd ", {"BTC/USD": "BTC-USD", "USDT/USD": "USDT-USD"}),
+        ("crypto", "BTC/USD", "BTC/USD=BTC-USDT", {"BTC/USD": "BTC-USDT"}),
+        ("opra", "AAPL250117C00150000", "", {"AAPL250117C00150000": "AAPL250117C00150000"}),
+        (
+            "iex",
+            "AAPL,BRK.B,EURUSD",
+            "BRK.B=BRK-B,EURUSD=EURUSD=X",
+            {"AAPL": "AAPL", "BRK.B": "BRK-B", "EURUSD": "EURUSD=X"},
+        ),
+        ("iex", "SPX", "SPX=^GSPC", {"SPX": "^GSPC"}),
+    ],
+)
+def test_yahoo_symbols_default_to_the_feeds_mapping_and_can_be_overridden(
+    monkeypatch: pytest.MonkeyPatch, feed: str, symbols: str, override: str, expected: dict[str, str]
+) -> None:
+    setenv(monkeypatch, {**feed_env(feed, EXPORTER_SYMBOLS=symbols), "EXPORTER_YAHOO_SYMBOLS": override})
+    s = load_settings(for_run=True, env_file=None)
+    assert s.yahoo_symbol_map == expected
+    renamed = ",".join(f"{a}={y}" for a, y in expected.items() if a != y)
+    assert s.effective()["EXPORTER_YAHOO_SYMBOLS"] == (renamed or "(none: Yahoo spells every symbol alike)")
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("BTC/USD", "entry 1 is not an ALPACA=YAHOO pair"),
+        ("BTC/USD=BTC-USD,ETH/USD", "entry 2 is not an ALPACA=YAHOO pair"),
+        ("=BTC-USD", "entry 1 is not an ALPACA=YAHOO pair"),
+        ("BTC/USD=", "entry 1 is not an ALPACA=YAHOO pair"),
+        ("BTC/USD=BTC USD", "entry 1 is not an ALPACA=YAHOO pair"),
+        ("BTC/USD=BTC-USD,btc/usd=XBT-USD", "entry 2 maps a symbol an earlier entry already maps"),
+        ("ETH/USD=ETH-USD", "entry 1 maps a symbol that is not in EXPORTER_SYMBOLS"),
+        ("BTC/USD=BTC-USD,SOL/USD=SOL-USD", "entry 2 maps a symbol that is not in EXPORTER_SYMBOLS"),
+    ],
+)
+def test_bad_yahoo_symbols_are_refused_by_entry(raw: str, why: str) -> None:
+    problems = problems_for(**feed_env("crypto", EXPORTER_YAHOO_SYMBOLS=raw))
+    assert problems == [f"EXPORTER_YAHOO_SYMBOLS: {why}" + (", e.g. BTC/USD=BTC-USD" if "pair" in why else "")]
+
+
+def test_check_config_shows_the_yahoo_mapping(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setenv(
+        monkeypatch, feed_env("crypto", EXPORTER_SYMBOLS="BTC/USD,ETH/USD", EXPORTER_YAHOO_SYMBOLS="ETH/USD=ETH-USDT")
+    )
+    assert main(["check-config"]) == 0
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["EXPORTER_YAHOO_SYMBOLS"] == "BTC/USD=BTC-USD,ETH/USD=ETH-USDT"
+    assert lines["EXPORTER_ALPACA_FEED"] == "crypto"
+    assert lines["EXPORTER_ALPACA_URL"] == "wss://stream.data.alpaca.markets/v1beta3/crypto/us (derived from the feed)"
+
+
 def test_dotenv_file_is_read_and_the_environment_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     env_file = tmp_path / "custom.env"
     env_file.write_text(
@@ -431,6 +639,7 @@ def test_run_with_bad_config_exits_2_before_starting(capsys: pytest.CaptureFixtu
         "EXPORTER_MAX_SYMBOL_SERIES",
         "EXPORTER_ALPACA_CHANNELS",
         "EXPORTER_SYMBOLS",
+        "EXPORTER_YAHOO_SYMBOLS",
     ],
 )
 def test_a_secret_pasted_into_the_wrong_variable_is_never_echoed(

@@ -22,10 +22,19 @@ reopens the schedule. The failed symbol is due again at the end of the backoff, 
 later: that is the retry of 5xx and timeouts. Failures of requests started before the backoff grew
 are counted but do not grow it again (a burst of concurrent 429s is one step, not four). A 404
 carrying ``chart.error`` parks the symbol (retried once per ``unknown_retry``); a 422 or other 4xx
-is our bug and logged at ERROR. A 200 without a usable price is ``no_price``; a price whose
-``regularMarketTime`` is older than ``max(2 * P, stale_bound)`` while the regular session
-(``currentTradingPeriod.regular``) is open is ``stale_price`` and not emitted. Outside the session a
-static time is normal and the price is emitted (the core decides what to make of it).
+is our bug and logged at ERROR. A 200 without a usable price is ``no_price``.
+
+*Freshness follows the feed's family* (``family``). Stocks: a price whose ``regularMarketTime`` is older
+than ``max(2 * P, stale_bound)`` while the regular session (``currentTradingPeriod.regular``) is open is
+``stale_price`` and not emitted; outside the session a static time is normal and the price is emitted
+(the core decides what to make of it). Crypto trades around the clock: the session is always open,
+whatever ``currentTradingPeriod`` says, so the same age bound holds at 3 am on a Sunday. Options follow
+the equity session, but a single contract can go hours without a trade: in session its price is stale
+only when its last trade precedes the session's open (yesterday's price).
+
+*Symbols.* The poller is configured with Alpaca's symbols and asks Yahoo for each one's Yahoo spelling
+(``yahoo_symbols``, e.g. ``BTC/USD`` → ``BTC-USD``); the events it emits carry Alpaca's symbol, so the
+core only ever sees those.
 
 *Events.* After every request: ``DependencyLatency("yahoo", "poll", seconds)``, then a
 ``FallbackPrice`` when a fresh price came back, then ``FallbackPoll(ok, period_s, error)`` — ``ok``
@@ -53,6 +62,7 @@ from typing import Any
 import httpx
 
 from exporter.core.events import DependencyLatency, Emit, FallbackPoll, FallbackPrice
+from exporter.feeds import Family
 from exporter.sources.backoff import Backoff, spread
 from exporter.timers import LoopTimers, Timers
 
@@ -86,7 +96,10 @@ class YahooPollerConfig:
     """Everything the poller needs; the daemon maps its settings onto this. Times in seconds."""
 
     base_url: str = "https://query1.finance.yahoo.com"
-    symbols: tuple[str, ...] = ()
+    symbols: tuple[str, ...] = ()  # Alpaca's spelling: the symbols of the events
+    # Yahoo's spelling where it differs (settings.yahoo_symbol_map); a symbol absent here is asked as is.
+    yahoo_symbols: Mapping[str, str] = field(default_factory=dict)
+    family: Family = "stocks"  # whose session and freshness rules apply (module docstring)
     standby_interval: float = 60.0
     active_interval: float = 5.0
     connect_timeout: float = 5.0
@@ -160,7 +173,8 @@ class _Outcome:
 
 @dataclass(slots=True)
 class _Symbol:
-    name: str
+    name: str  # Alpaca's spelling, in events, logs and status
+    yahoo: str  # Yahoo's spelling, in requests
     phase: float  # in [0, 1): where in the period this symbol is asked
     nominal: float = 0.0  # next scheduled time (monotonic), before jitter
     jitter: float = 0.0
@@ -230,7 +244,10 @@ class YahooPoller:
         names = list(dict.fromkeys(s.strip() for s in config.symbols if s.strip()))
         slots = list(range(len(names)))
         self._rng.shuffle(slots)  # random order, even spacing
-        self._symbols = [_Symbol(name, slot / len(names)) for name, slot in zip(names, slots, strict=True)]
+        spelled = config.yahoo_symbols
+        self._symbols = [
+            _Symbol(name, spelled.get(name, name), slot / len(names)) for name, slot in zip(names, slots, strict=True)
+        ]
         self._anchor = clock()
         self._schedule_all(self._anchor)
         self._client = client or httpx.AsyncClient(
@@ -425,7 +442,7 @@ class YahooPoller:
 
     async def _poll(self, sym: _Symbol, generation: int, probe: bool) -> None:
         try:
-            outcome = await self._fetch(sym.name)
+            outcome = await self._fetch(sym.yahoo)
             error = outcome.error
             self._apply(sym, outcome, generation)
         except Exception as exc:  # a bug of ours must not kill the poller: count it, log it, go on
@@ -532,20 +549,26 @@ class YahooPoller:
             return no_price("no regularMarketTime")
         if market_time > 1e11:  # milliseconds where seconds belong (a known Yahoo-client trap)
             market_time /= 1000.0
-        now = self._wall()
-        if _session_open(meta, now):
-            bound = max(2 * self.period, self.config.stale_bound)
-            age = now - market_time
-            if age > bound:
-                return _Outcome(
-                    "stale_price",
-                    status=status,
-                    detail=f"regularMarketTime is {age:.0f}s old in session (bound {bound:.0f}s)",
-                    request_id=rid,
-                    answered=True,
-                )
+        stale = self._staleness(meta, market_time, self._wall())
+        if stale is not None:
+            return _Outcome("stale_price", status=status, detail=stale, request_id=rid, answered=True)
         ts_ns = int(market_time) * 1_000_000_000 + round((market_time % 1) * 1e9)
         return _Outcome(None, price=price, ts_ns=ts_ns, status=status, request_id=rid, answered=True)
+
+    def _staleness(self, meta: dict[str, Any], market_time: float, now: float) -> str | None:
+        """Why a price set at ``market_time`` is too old to emit at ``now``, or None (module docstring)."""
+        family = self.config.family
+        if family != "crypto":  # crypto's session never closes
+            session = _regular_session(meta, now)
+            if session is None:
+                return None  # outside the session a static time is normal
+            if family == "options":
+                return "regularMarketTime precedes this session's open" if market_time < session[0] else None
+        bound = max(2 * self.period, self.config.stale_bound)
+        age = now - market_time
+        if age > bound:
+            return f"regularMarketTime is {age:.0f}s old in session (bound {bound:.0f}s)"
+        return None
 
     def _retry_after(self, value: str | None) -> float | None:
         if not value:
@@ -626,6 +649,7 @@ class YahooPoller:
         fields: dict[str, Any] = {
             "event": "yahoo_poll_failed",
             "symbol": sym.name,
+            "yahoo_symbol": sym.yahoo if sym.yahoo != sym.name else None,
             "error_type": outcome.error,
             "status": outcome.status,
             "detail": outcome.detail,
@@ -640,6 +664,7 @@ class YahooPoller:
         fields: dict[str, Any] = {
             "event": "yahoo_symbol_failed",
             "symbol": sym.name,
+            "yahoo_symbol": sym.yahoo if sym.yahoo != sym.name else None,
             "error_type": outcome.error,
             "status": outcome.status,
             "detail": outcome.detail,
@@ -743,12 +768,15 @@ def _positive_number(value: Any) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
-def _session_open(meta: dict[str, Any], now: float) -> bool:
-    """Whether ``now`` is inside ``currentTradingPeriod.regular`` (no marketState in chart meta)."""
+def _regular_session(meta: dict[str, Any], now: float) -> tuple[float, float] | None:
+    """``currentTradingPeriod.regular`` as (start, end) when ``now`` is inside it (no marketState in chart
+    meta), else None."""
     period = meta.get("currentTradingPeriod")
     regular = period.get("regular") if isinstance(period, dict) else None
     if not isinstance(regular, dict):
-        return False  # unknown session: emit, and let the core judge the age
+        return None  # unknown session: emit, and let the core judge the age
     start = _positive_number(regular.get("start"))
     end = _positive_number(regular.get("end"))
-    return start is not None and end is not None and start <= now < end
+    if start is None or end is None or not start <= now < end:
+        return None
+    return start, end

@@ -46,14 +46,22 @@ def test_dashboard_structure(name: str) -> None:
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for templated in ("instance", "symbol"):
+    for templated in ("feed", "instance", "symbol"):
         variable = variables[templated]
         query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
         assert re.fullmatch(rf"label_values\(.+, {templated}\)", query), query
         assert variable["multi"]
         assert variable["includeAll"]
-        assert variable["allValue"] == ".*"
         assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    # Feed, then its instances, then their symbols: each variable narrows the next (Grafana resolves them
+    # in order), and every panel filters on $instance, so on the feed.
+    assert list(variables).index("feed") < list(variables).index("instance") < list(variables).index("symbol")
+    assert variables["feed"]["query"] == "label_values(alpaca_exporter_feed_info, feed)"
+    assert variables["instance"]["query"] == 'label_values(alpaca_exporter_feed_info{feed=~"$feed"}, instance)'
+    assert variables["feed"]["allValue"] == ".*"
+    assert variables["symbol"]["allValue"] == ".*"
+    # No ".*" for All instances: All is then the selected feeds' instances, not every instance.
+    assert "allValue" not in variables["instance"]
 
     panels = list(iter_panels(dashboard["panels"]))
     assert len(panels) >= 8

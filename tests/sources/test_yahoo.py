@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from exporter.app import yahoo_config
 from exporter.core.events import (
     YAHOO_ERROR_TYPES,
     DependencyLatency,
@@ -31,6 +32,7 @@ from exporter.core.events import (
     FallbackPoll,
     FallbackPrice,
 )
+from exporter.settings import load_settings
 from exporter.sim.market import Market
 from exporter.sim.yahoo_server import CHART_CONTENT_TYPE, RATE_LIMIT_BODY, YahooSimulator
 from exporter.sources.yahoo import YahooPoller, YahooPollerConfig, YahooPollerStatus
@@ -593,6 +595,118 @@ async def test_static_time_outside_session_is_normal(sim: YahooSimulator) -> Non
         await h.until(lambda: len(h.prices("AAPL")) >= 1)
     assert h.errors()[0] is None
     assert h.prices("AAPL")[0].ts_ns == (T_CLOSED - 3 * 3600) * 10**9
+
+
+# ---------------------------------------------------------------------------------------- feeds (CONTRACT §12)
+
+# Sunday 2026-03-15 03:00 EDT: every stock session is closed, crypto trades on.
+T_SUNDAY_NIGHT = int(datetime(2026, 3, 15, 7, 0, tzinfo=UTC).timestamp())
+T_SESSION_START = int(datetime(2026, 3, 10, 13, 30, tzinfo=UTC).timestamp())  # the open of T_OPEN's session
+OCC = "AAPL250117C00150000"
+
+
+@pytest.fixture
+async def feed_sim() -> AsyncIterator[YahooSimulator]:
+    """A Yahoo simulator that knows Yahoo's spellings of a crypto pair and an option, and a stock."""
+    async with YahooSimulator(Market(["BTC-USD", OCC, "AAPL"], seed=5)) as s:
+        yield s
+
+
+async def test_alpaca_symbols_are_asked_in_yahoos_spelling_and_emitted_in_alpacas(feed_sim: YahooSimulator) -> None:
+    wall = shifted_wall(T_SUNDAY_NIGHT)
+    feed_sim.clock = wall
+    feed_sim.freeze_time("BTC-USD", T_SUNDAY_NIGHT - 5)
+    h = Harness(feed_sim, ["BTC/USD"], yahoo_symbols={"BTC/USD": "BTC-USD"}, family="crypto", wall_clock=wall)
+    async with h.running():
+        await h.until(lambda: len(h.prices()) >= 2)
+    assert {r.path for r in feed_sim.requests} == {"/v8/finance/chart/BTC-USD"}
+    assert {p.symbol for p in h.prices()} == {"BTC/USD"}
+    assert h.poller.status().symbols == ("BTC/USD",)
+    assert set(h.errors()) == {None}
+
+
+async def test_unmapped_symbols_are_asked_as_they_are(feed_sim: YahooSimulator) -> None:
+    h = Harness(feed_sim, ["AAPL", OCC], yahoo_symbols={"MSFT": "MSFT.MX"})
+    async with h.running():
+        await h.until(lambda: {r.symbol for r in feed_sim.requests} >= {"AAPL", OCC})
+    assert {r.symbol for r in feed_sim.requests} == {"AAPL", OCC}
+
+
+@pytest.mark.parametrize("family", ["crypto", "stocks"])
+async def test_a_fresh_price_at_night_on_a_sunday_is_emitted(feed_sim: YahooSimulator, family: str) -> None:
+    wall = shifted_wall(T_SUNDAY_NIGHT)
+    feed_sim.clock = wall
+    feed_sim.freeze_time("BTC-USD", T_SUNDAY_NIGHT - 30)
+    h = Harness(feed_sim, ["BTC/USD"], yahoo_symbols={"BTC/USD": "BTC-USD"}, family=family, wall_clock=wall)
+    async with h.running():
+        await h.until(lambda: len(h.polls) >= 1)
+    assert h.errors()[0] is None
+    assert h.prices()[0].ts_ns == (T_SUNDAY_NIGHT - 30) * 10**9
+
+
+async def test_crypto_is_never_closed_an_old_price_at_night_is_stale(feed_sim: YahooSimulator) -> None:
+    """Crypto trades 24/7: a price an hour old at 3 am on a Sunday is stale, where a stock's is the close."""
+    wall = shifted_wall(T_SUNDAY_NIGHT)
+    feed_sim.clock = wall
+    feed_sim.freeze_time("BTC-USD", T_SUNDAY_NIGHT - 3600)
+    crypto = Harness(feed_sim, ["BTC/USD"], yahoo_symbols={"BTC/USD": "BTC-USD"}, family="crypto", wall_clock=wall)
+    async with crypto.running():
+        await crypto.until(lambda: len(crypto.polls) >= 2)
+    assert not crypto.prices()
+    assert set(crypto.errors()) == {"stale_price"}
+    assert all(s.backoff_level == 0 for s in crypto.statuses)  # a stale answer is not a sick source
+    stocks = Harness(feed_sim, ["BTC-USD"], family="stocks", wall_clock=wall)
+    async with stocks.running():
+        await stocks.until(lambda: len(stocks.polls) >= 1)
+    assert stocks.errors()[0] is None
+
+
+@pytest.mark.parametrize(
+    ("last_trade", "error"),
+    [
+        (T_OPEN - 3600, None),  # an hour ago, but in this session: an option's last trade
+        (T_SESSION_START + 1, None),
+        (T_SESSION_START - 60, "stale_price"),  # before the open: yesterday's price
+        (T_SESSION_START - 20 * 3600, "stale_price"),
+    ],
+)
+async def test_an_option_is_fresh_when_it_traded_in_this_session(
+    feed_sim: YahooSimulator, last_trade: int, error: str | None
+) -> None:
+    wall = shifted_wall(T_OPEN)
+    feed_sim.clock = wall
+    feed_sim.freeze_time(OCC, last_trade)
+    h = Harness(feed_sim, [OCC], family="options", wall_clock=wall)
+    async with h.running():
+        await h.until(lambda: len(h.polls) >= 1)
+    assert h.errors()[0] == error
+    assert [p.ts_ns for p in h.prices()] == ([] if error else [last_trade * 10**9])
+
+
+async def test_an_option_out_of_session_is_emitted(feed_sim: YahooSimulator) -> None:
+    wall = shifted_wall(T_CLOSED)
+    feed_sim.clock = wall
+    feed_sim.freeze_time(OCC, T_CLOSED - 20 * 3600)
+    h = Harness(feed_sim, [OCC], family="options", wall_clock=wall)
+    async with h.running():
+        await h.until(lambda: len(h.polls) >= 1)
+    assert h.errors()[0] is None
+
+
+@pytest.mark.parametrize(
+    ("feed", "symbols", "override", "family", "spelled"),
+    [
+        ("crypto", "BTC/USD,ETH/USD", "ETH/USD=ETH-USDT", "crypto", {"BTC/USD": "BTC-USD", "ETH/USD": "ETH-USDT"}),
+        ("opra", OCC, "", "options", {OCC: OCC}),
+        ("iex", "AAPL,BRK.B", "BRK.B=BRK-B", "stocks", {"AAPL": "AAPL", "BRK.B": "BRK-B"}),
+    ],
+)
+def test_the_daemon_configures_the_poller_for_its_feed(
+    feed: str, symbols: str, override: str, family: str, spelled: dict[str, str]
+) -> None:
+    settings = load_settings(env_file=None, alpaca_feed=feed, symbols=symbols, yahoo_symbols=override)
+    config = yahoo_config(settings)
+    assert (config.family, dict(config.yahoo_symbols), config.symbols) == (family, spelled, tuple(spelled))
 
 
 # ---------------------------------------------------------------------------------------- counting, logs

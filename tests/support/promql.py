@@ -34,6 +34,7 @@ DEFAULT_VARIABLES: Mapping[str, str] = {
     "datasource": "prometheus",
     "instance": ".*",
     "symbol": ".*",
+    "feed": ".*",
     "__rate_interval": "1m",
     "__interval": "15s",
     "__interval_ms": "15000",
@@ -168,6 +169,8 @@ SUBSCRIBE_CHANNELS = (
     "trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds", "imbalances", "orderbooks",
 )  # fmt: skip
 
+FEEDS = ("iex", "sip", "delayed_sip", "boats", "overnight", "test", "crypto", "indicative", "opra")  # §3, §12
+
 ANY = None  # a label whose values are not fixed (symbol, version...)
 
 
@@ -200,6 +203,7 @@ CATALOGUE: Mapping[str, Metric] = {
     "alpaca_exporter_build_info": Metric("gauge", {"version": ANY, "python_version": ANY}),
     "alpaca_exporter_leader": Metric("gauge", {}),
     "alpaca_exporter_leader_transitions": Metric("counter", {}),
+    "alpaca_exporter_feed_info": Metric("gauge", {"feed": FEEDS, "encoding": ("msgpack", "json")}),
     "yahoo_errors": Metric("counter", {"type": YAHOO_ERRORS}),
     # Feed quality (CONTRACT.md section 11), with this exporter's two extra gauges.
     "alpaca_subscription_missing_symbols": Metric("gauge", {"channel": SUBSCRIBE_CHANNELS}),
