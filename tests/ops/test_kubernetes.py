@@ -626,11 +626,13 @@ def test_ha_spreads_replicas_and_budgets_disruptions(rendered: dict[str, list[Ob
     assert selects(term["podAffinityTerm"]["labelSelector"], labels)
 
 
-def test_docs_say_leader_election_is_not_there_yet() -> None:
+def test_readme_walks_from_the_demo_to_production_and_the_ha_pair() -> None:
     readme = (REPO / "README.md").read_text()
     assert "kubectl apply -k deploy/kubernetes/overlays/demo" in readme
     assert "kubectl apply -k deploy/kubernetes/overlays/production" in readme
-    assert "until then run one replica" in readme
+    assert "uncomment `../../components/ha`" in readme
+    production = (KUBERNETES / "overlays" / "production" / "kustomization.yaml").read_text()
+    assert "# - ../../components/ha" in production
 
 
 def test_capacity_figures_come_from_the_benchmark() -> None:

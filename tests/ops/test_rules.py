@@ -179,3 +179,16 @@ def test_slo_alerts_follow_the_workbook() -> None:
             for window in (long, short):
                 threshold = f"({factor}{budget})" if factor else budget
                 assert f"instance:{slo}:error_ratio_rate{window} > {threshold}" in slow
+
+
+PAIR_ALERTS = {"AlpacaExporterDown", "AlpacaExporterNoLeader", "AlpacaExporterSplitBrain"}
+GATE = "unless on (job, instance) alpaca_exporter_leader == 0"
+
+
+@pytest.mark.parametrize("rule", [r for r in ALERTS if r["alert"] not in PAIR_ALERTS], ids=lambda r: r["alert"])
+def test_every_symptom_alert_fires_only_for_the_leader(rule: dict[str, Any]) -> None:
+    expr = rule["expr"].strip()
+    assert expr.endswith(GATE)
+    # The gate applies to the whole expression: `A or B unless C` would gate B only.
+    body = expr.removesuffix(GATE).strip()
+    assert "\n" not in body or (body.startswith("(") and body.endswith(")"))
