@@ -175,12 +175,13 @@ class LeaseElector:
         from lightkube.models.meta_v1 import ObjectMeta
         from lightkube.resources.coordination_v1 import Lease
 
-        now = datetime.now(UTC)
+        now = _micro_time(datetime.now(UTC))
         old = current.spec if current is not None and current.spec is not None else LeaseSpec()
+        acquired = old.acquireTime
         spec = LeaseSpec(
             holderIdentity=write.holder,
             leaseDurationSeconds=max(1, round(write.duration_s)),
-            acquireTime=now if write.acquire else old.acquireTime,
+            acquireTime=now if write.acquire or acquired is None else _micro_time(acquired),
             renewTime=now,
             leaseTransitions=write.transitions if write.transitions is not None else (old.leaseTransitions or 0),
         )
@@ -234,6 +235,13 @@ class LeaseElector:
             "transitions": election.transitions,
             "api_errors": dict(self.errors),
         }
+
+
+def _micro_time(moment: datetime) -> datetime:
+    """A MicroTime the API server can parse. lightkube writes ``isoformat()``, which drops the fraction
+    of a whole second (``...:05Z``), and the server's MicroTime wants exactly six digits (400 otherwise):
+    one microsecond later says the same thing in a form it accepts."""
+    return moment.replace(microsecond=1) if moment.microsecond == 0 else moment
 
 
 def _version(lease: Lease) -> str:
