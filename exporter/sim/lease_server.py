@@ -77,7 +77,16 @@ APPLY_PATCH = "application/apply-patch+yaml"
 _PATCH_TYPES = (JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, APPLY_PATCH)  # the server's order
 _BODY_TYPES = ("application/json", "application/yaml", "application/vnd.kubernetes.protobuf")
 _ALL_VERBS = frozenset({"get", "list", "watch", "create", "update", "patch", "delete"})
-_MICRO_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)\.(\d{6})(Z|[+-]\d\d:\d\d)")
+# The layout's elements and what each accepts, in order: Go's time.Parse reports the first that fails.
+_MICRO_TIME_ELEMENTS = tuple(
+    (element, re.compile(pattern))
+    for element, pattern in (
+        ("2006", r"\d{4}"), ("-", "-"), ("01", r"\d\d"), ("-", "-"), ("02", r"\d\d"), ("T", "T"),
+        ("15", r"\d\d"), (":", ":"), ("04", r"\d\d"), (":", ":"), ("05", r"\d\d"),
+        (".000000", r"\.\d{6}"),  # exactly six digits: "...:05Z" and "...:05.123Z" do not parse
+        ("Z07:00", r"Z|[+-]\d\d:\d\d"),
+    )
+)  # fmt: skip
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DNS_SUBDOMAIN_MESSAGE = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must "
@@ -237,19 +246,23 @@ def _bad_body(kind_given: bool, why: str) -> ApiError:
 
 
 def _parse_micro_time(text: str) -> str:
-    """A MicroTime as Go parses it (exactly six fractional digits), written back in UTC."""
-    match = _MICRO_TIME.fullmatch(text)
-    if match is None:
-        raise ValueError(f'parsing time "{text}" as "{MICRO_TIME_LAYOUT}": cannot parse "{text}" as a MicroTime')
-    year, month, day, hour, minute, second, micro = (int(g) for g in match.groups()[:7])
-    zone = match.group(8)
-    offset = (
-        timedelta(0)
-        if zone == "Z"
-        else (1 if zone[0] == "+" else -1) * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    )
+    """A MicroTime as Go parses ``2006-01-02T15:04:05.000000Z07:00``, written back in UTC; ``ValueError``
+    with Go's message otherwise."""
+    rest, parts = text, []
+    for element, pattern in _MICRO_TIME_ELEMENTS:
+        match = pattern.match(rest)
+        if match is None:
+            raise ValueError(f'parsing time "{text}" as "{MICRO_TIME_LAYOUT}": cannot parse "{rest}" as "{element}"')
+        parts.append(match.group())
+        rest = rest[match.end() :]
+    if rest:
+        raise ValueError(f'parsing time "{text}": extra text: "{rest}"')
+    year, month, day, hour, minute, second = (int(parts[i]) for i in (0, 2, 4, 6, 8, 10))
+    zone = parts[12]
+    sign = 1 if zone[0] == "+" else -1
+    offset = timedelta(0) if zone == "Z" else sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
     try:
-        at = datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
+        at = datetime(year, month, day, hour, minute, second, int(parts[11][1:]), tzinfo=timezone(offset))
     except ValueError as exc:
         raise ValueError(f'parsing time "{text}": {exc}') from None
     return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

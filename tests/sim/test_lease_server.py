@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -439,5 +440,29 @@ async def test_lightkube_async_client_agrees(sim: LeaseSimulator) -> None:
         assert patched.spec is not None
         assert patched.spec.leaseTransitions == 1
         assert sim.holder(NS, "lock") == "daemon-b"
+    finally:
+        await kube.close()
+
+
+async def test_lightkube_whole_second_micro_times_are_refused_as_the_api_server_refuses_them(
+    sim: LeaseSimulator,
+) -> None:
+    """lightkube writes a datetime with ``isoformat()``, which drops ``.000000``; Go's MicroTime parser then
+    fails. A client must send MicroTimes as strings (or never a whole second)."""
+    config = KubeConfig.from_one(cluster=Cluster(server=sim.url), user=User(token="token-a"), namespace=NS)
+    kube = AsyncClient(config=config, trust_env=False)
+    whole_second = datetime(2026, 12, 6, 23, 0, 0, tzinfo=UTC)
+    try:
+        with pytest.raises(ApiError) as refused:
+            await kube.create(Lease(metadata=ObjectMeta(name="lock"), spec=LeaseSpec(renewTime=whole_second)))
+        assert refused.value.status.code == 400
+        assert refused.value.status.message == (
+            'Lease in version "v1" cannot be handled as a Lease: parsing time "2026-12-06T23:00:00Z" as '
+            '"2006-01-02T15:04:05.000000Z07:00": cannot parse "Z" as ".000000"'
+        )
+        later = whole_second.replace(microsecond=1)
+        created = await kube.create(Lease(metadata=ObjectMeta(name="lock"), spec=LeaseSpec(renewTime=later)))
+        assert created.spec is not None
+        assert created.spec.renewTime == later
     finally:
         await kube.close()
