@@ -36,6 +36,7 @@ import copy
 import json
 import random
 import re
+import ssl
 import time
 import uuid
 from collections import Counter
@@ -511,8 +512,8 @@ class LeaseSimulator:
     ``tokens`` maps bearer tokens to user names (``None``: no authentication, every request allowed).
     ``verbs``/``resource_names`` restrict what users may do, as an RBAC Role would (``resource_names``
     does not restrict ``create`` or ``list``, as in RBAC). ``clock`` gives the wall time (Unix seconds)
-    of ``creationTimestamp``. Use as ``async with LeaseSimulator(...) as sim:``; :attr:`url` is the base
-    URL (``EXPORTER_KUBERNETES_API_URL``).
+    of ``creationTimestamp``. With ``ssl_context`` it serves HTTPS, as in a cluster. Use as
+    ``async with LeaseSimulator(...) as sim:``; :attr:`url` is the base URL (``EXPORTER_KUBERNETES_API_URL``).
     """
 
     def __init__(
@@ -525,6 +526,7 @@ class LeaseSimulator:
         verbs: Collection[str] = _ALL_VERBS,
         resource_names: Collection[str] | None = None,
         clock: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
         first_resource_version: int = 1000,
         seed: int = 0,
         max_log: int = 100_000,
@@ -536,6 +538,7 @@ class LeaseSimulator:
         self.verbs = frozenset(verbs)
         self.resource_names = None if resource_names is None else frozenset(resource_names)
         self.clock = clock
+        self.ssl_context = ssl_context
         self.stats = LeaseStats()
         self._max_log = max_log
         self._revision = first_resource_version
@@ -550,10 +553,11 @@ class LeaseSimulator:
 
     @property
     def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321`` (valid after :meth:`start`)."""
+        """Base URL, e.g. ``http://127.0.0.1:54321`` (``https`` with an ``ssl_context``; after :meth:`start`)."""
         if self._runner is None:
             raise RuntimeError("LeaseSimulator is not started")
-        return f"http://{self.host}:{self.port}"
+        scheme = "http" if self.ssl_context is None else "https"
+        return f"{scheme}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -571,7 +575,7 @@ class LeaseSimulator:
 
     async def _listen(self) -> None:
         assert self._runner is not None
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         for address in self._runner.addresses:
             if isinstance(address, tuple):

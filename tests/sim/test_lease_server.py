@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
 from exporter.sim.lease_server import OPTIMISTIC_LOCK_MESSAGE, LeaseSimulator, micro_time
+from tests.support.pki import Pki
 
 # Virtual loop time (``looptime``): real sockets; hangs, delays and client timeouts cost no wall time.
 pytestmark = pytest.mark.looptime
@@ -466,3 +468,22 @@ async def test_lightkube_whole_second_micro_times_are_refused_as_the_api_server_
         assert created.spec.renewTime == later
     finally:
         await kube.close()
+
+
+async def test_lightkube_over_https_with_the_cluster_ca(pki: Pki) -> None:
+    """In a cluster the API is HTTPS, verified against the service account's ``ca.crt``."""
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(pki.server_cert, pki.server_key)
+    async with LeaseSimulator(tokens=TOKENS, ssl_context=server_tls) as sim:
+        assert sim.url.startswith("https://127.0.0.1:")
+        cluster = Cluster(server=sim.url, certificate_auth=str(pki.ca))
+        kube = AsyncClient(config=KubeConfig.from_one(cluster=cluster, user=User(token="token-a")), trust_env=False)
+        try:
+            with pytest.raises(ApiError) as missing:
+                await kube.get(Lease, "lock", namespace=NS)
+            assert missing.value.status.code == 404
+        finally:
+            await kube.close()
+        async with httpx.AsyncClient(base_url=sim.url) as unverified:
+            with pytest.raises(httpx.ConnectError):  # the simulator's certificate is not publicly trusted
+                await unverified.get(f"{LEASES}/lock")
