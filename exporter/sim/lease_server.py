@@ -544,6 +544,7 @@ class LeaseSimulator:
         self._revision = first_resource_version
         self._leases: dict[tuple[str, str], dict[str, Any]] = {}
         self._faults: list[_Fault] = []
+        self._hanging: list[_Fault] = []  # one entry per hung request: heal() reaches spent faults too
         self._rng = random.Random(seed)
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -584,8 +585,7 @@ class LeaseSimulator:
         self._site = site
 
     async def stop(self) -> None:
-        for fault in self._faults:
-            fault.released.set()
+        self.clear_faults()
         runner, self._runner, self._site = self._runner, None, None
         if runner is not None:
             await runner.cleanup()
@@ -612,7 +612,8 @@ class LeaseSimulator:
         """Cut the client with bearer ``token`` (``None``: every client) off the API.
 
         ``hang``: requests never reach the server and get no answer; when the partition ends (healed,
-        cleared, or ``seconds`` passed) the connection is reset. ``reset``: each connection is reset as
+        cleared, or ``seconds`` passed) the connection is reset. With ``requests=N`` the next N requests
+        hang (until healed, cleared, or the client gives up) and later ones pass. ``reset``: each connection is reset as
         its request arrives. ``drop_answer``: the request is applied, then the connection is reset
         instead of answered (the client cannot tell whether its write happened).
         """
@@ -620,9 +621,10 @@ class LeaseSimulator:
 
     def heal(self, token: str | None = None) -> None:
         """End the partitions of ``token`` (``None``: every partition); hung requests are reset now."""
-        for fault in [f for f in self._faults if f.kind == "partition" and (token is None or f.token == token)]:
-            fault.released.set()
-            self._faults.remove(fault)
+        for fault in self._faults + self._hanging:
+            if fault.kind == "partition" and (token is None or fault.token == token):
+                fault.released.set()
+        self._faults = [f for f in self._faults if not f.released.is_set()]
 
     def slow(
         self,
@@ -674,7 +676,7 @@ class LeaseSimulator:
                     transport.abort()
 
     def clear_faults(self) -> None:
-        for fault in self._faults:
+        for fault in self._faults + self._hanging:
             fault.released.set()
         self._faults.clear()
 
@@ -684,9 +686,7 @@ class LeaseSimulator:
         self._faults.append(fault)
 
     def _take(self, kind: str, token: str | None, verb: str, now: float) -> _Fault | None:
-        for fault in [f for f in self._faults if not f.live(now)]:
-            fault.released.set()  # a hang bounded by count ends with its last request; by time, on its own
-            self._faults.remove(fault)
+        self._faults = [f for f in self._faults if f.live(now)]  # a spent fault's hung requests still hang
         for fault in self._faults:
             if fault.kind != kind or (fault.token is not None and fault.token != token):
                 continue
@@ -770,11 +770,14 @@ class LeaseSimulator:
     async def _hang(self, fault: _Fault) -> None:
         """Wait until the partition ends: healed or cleared, or its time is up."""
         left = None if fault.until is None else max(0.0, fault.until - _loop_clock.monotonic())
+        self._hanging.append(fault)
         try:
             async with asyncio.timeout(left):
                 await fault.released.wait()
         except TimeoutError:
             pass
+        finally:
+            self._hanging.remove(fault)
 
     def _count_dropped(self, record: LeaseRequest) -> None:
         self.stats.dropped += 1

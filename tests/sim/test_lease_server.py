@@ -368,6 +368,19 @@ async def test_partition_hangs_one_client_while_the_other_reaches_the_api(sim: L
     assert sim.stats.requests["get", 0] == 1
 
 
+async def test_partition_of_n_requests_hangs_them_until_healed(sim: LeaseSimulator) -> None:
+    async with client(sim, "token-a", timeout=60.0) as a, client(sim, "token-a", timeout=60.0) as a2:
+        sim.partition("token-a", requests=1)
+        hung = asyncio.create_task(a.get(f"{LEASES}/lock"))
+        await asyncio.sleep(1.0)
+        assert (await a2.get(f"{LEASES}/lock")).status_code == 404  # the second request passes
+        await asyncio.sleep(1.0)
+        assert not hung.done()  # the first still hangs
+        sim.heal("token-a")
+        with pytest.raises(httpx.RemoteProtocolError):
+            await hung
+
+
 async def test_partition_ends_after_its_time_and_resets_the_hung_request(sim: LeaseSimulator) -> None:
     async with client(sim, "token-a", timeout=60.0) as a:
         sim.partition("token-a", seconds=5.0)
