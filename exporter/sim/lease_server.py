@@ -945,7 +945,8 @@ class LeaseSimulator:
         return _json_response(200, status)
 
     def _store(self, namespace: str, decoded: _Decoded, existing: dict[str, Any] | None) -> dict[str, Any]:
-        self._revision += 1
+        """Write the Lease with the next resourceVersion; an update that changes nothing writes nothing
+        and keeps the version (etcd3's GuaranteedUpdate skips equal bytes)."""
         metadata: dict[str, Any] = {"name": decoded.name, "namespace": namespace}
         if existing is None:
             metadata["uid"] = str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
@@ -953,10 +954,14 @@ class LeaseSimulator:
         else:
             metadata["uid"] = existing["metadata"]["uid"]
             created = existing["metadata"]["creationTimestamp"]
-        metadata["resourceVersion"] = str(self._revision)
+        metadata["resourceVersion"] = "" if existing is None else existing["metadata"]["resourceVersion"]
         metadata["creationTimestamp"] = created
         metadata.update(decoded.metadata)
         lease = {"kind": "Lease", "apiVersion": API_VERSION, "metadata": metadata, "spec": dict(decoded.spec)}
+        if lease == existing:
+            return existing
+        self._revision += 1
+        metadata["resourceVersion"] = str(self._revision)
         self._leases[namespace, decoded.name] = lease
         before = None if existing is None else existing["spec"].get("holderIdentity")
         holder = decoded.spec.get("holderIdentity")

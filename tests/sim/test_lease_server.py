@@ -152,6 +152,15 @@ async def test_other_methods_and_the_version_endpoints(api: httpx.AsyncClient) -
     assert [(r["name"], r["kind"], r["namespaced"]) for r in discovery["resources"]] == [("leases", "Lease", True)]
 
 
+async def test_an_update_that_changes_nothing_keeps_the_version(api: httpx.AsyncClient) -> None:
+    created = await create(api)
+    same = await api.put(f"{LEASES}/lock", json=created)
+    assert same.status_code == 200
+    assert same.json() == created
+    renewed = await api.put(f"{LEASES}/lock", json=dict(created, spec={**created["spec"], "leaseTransitions": 0}))
+    assert int(renewed.json()["metadata"]["resourceVersion"]) == int(created["metadata"]["resourceVersion"]) + 1
+
+
 async def test_put_of_a_missing_lease_creates_it(api: httpx.AsyncClient) -> None:
     response = await api.put(f"{LEASES}/fresh", json=lease_body("fresh"))
     assert response.status_code == 201
