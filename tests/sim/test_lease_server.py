@@ -302,8 +302,9 @@ async def test_rbac_verbs_and_resource_names() -> None:
 
 async def test_holder_history_and_request_counts(sim: LeaseSimulator, api: httpx.AsyncClient) -> None:
     lease = await create(api, holder="a")
-    for holder in ("a", "b", "b", ""):  # a renewal keeps the holder: no change recorded
+    for second, holder in enumerate(("a", "b", "b", ""), 1):  # a renewal keeps the holder: no change recorded
         lease["spec"]["holderIdentity"] = holder
+        lease["spec"]["renewTime"] = micro_time(T0 + second)
         response = await api.put(f"{LEASES}/lock", json=lease)
         assert response.status_code == 200
         lease = response.json()
