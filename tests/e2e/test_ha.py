@@ -1,0 +1,110 @@
+"""An HA pair: two real daemon processes, one Alpaca simulator that allows one connection per key, one
+Lease API simulator. Only the leader may hold the stream; takeovers never overlap two connections.
+
+The pair is the takeover tool's (exporter_tools/takeover.py): timings are the defaults (15 s lease, 10 s
+renew deadline, 2 s retry) scaled down by five, keeping their ratios.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from exporter_tools.takeover import DEADLINE, LEASE, LEASE_NAME, NAMESPACE, RETRY, ZOMBIE, ha_pair, other
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_exactly_one_leader_holds_the_stream_and_the_standby_serves(tmp_path: Path) -> None:
+    async with ha_pair(tmp_path) as pair:
+        leader = await pair.leader()
+        standby = other(leader)
+        await asyncio.sleep(4 * RETRY)  # several renewals and standby attempts
+        assert await pair.metric(leader, "alpaca_exporter_leader") == 1.0
+        assert await pair.metric(standby, "alpaca_exporter_leader") == 0.0
+        assert not await pair.streaming(standby)
+        # The standby serves its metrics with a warm fallback: Yahoo prices for both symbols.
+        assert await pair.metric(standby, 'datasource_router_last_price{source="yahoo",symbol="AAPL"}') is not None
+        async with httpx.AsyncClient() as http:
+            status = (await http.get(f"http://127.0.0.1:{pair.ports[standby]}/status")).json()
+        assert status["leader_election"]["role"] == "standby"
+        assert status["leader_election"]["holder"] == leader
+        assert "token" not in str(status["leader_election"]).lower()
+        assert pair.timeline.most == 1
+        assert pair.alpaca.stats.rejected[406] == 0
+        holders = [c.holder for c in pair.api.holders(NAMESPACE, LEASE_NAME)]
+        assert holders == [leader]
+
+
+async def test_sigterm_of_the_leader_hands_over_within_the_retry_period_without_406(tmp_path: Path) -> None:
+    async with ha_pair(tmp_path) as pair:
+        leader = await pair.leader()
+        standby = other(leader)
+        await pair.procs[leader].terminate(sig=signal.SIGTERM)
+        taken = await pair.wait_streaming(standby, within=LEASE)
+        # The lease is released, so the standby needs one (jittered) retry period, not the lease duration.
+        assert taken < RETRY * 2.2 + 1.0
+        assert pair.alpaca.stats.rejected[406] == 0
+        assert pair.alpaca.stats.last_client_close_code == 1000  # the leader closed its stream properly
+        assert pair.timeline.most == 1
+        holders = [c.holder for c in pair.api.holders(NAMESPACE, LEASE_NAME)]
+        assert holders == [leader, "", standby]
+
+
+async def test_sigkill_of_the_leader_the_standby_takes_over_after_the_lease_and_the_406_floor(
+    tmp_path: Path,
+) -> None:
+    async with ha_pair(tmp_path) as pair:
+        leader = await pair.leader()
+        standby = other(leader)
+        pair.procs[leader].kill()
+        taken = await pair.wait_streaming(standby, within=LEASE + ZOMBIE + 5)
+        assert LEASE - RETRY * 2.2 <= taken <= LEASE + RETRY * 2.2 + ZOMBIE + 1.5
+        assert pair.timeline.most == 1  # the dead leader's zombie slot was never doubled
+        assert [c.holder for c in pair.api.holders(NAMESPACE, LEASE_NAME)] == [leader, standby]
+
+
+async def test_a_leader_cut_off_from_the_api_steps_down_before_its_lease_expires(tmp_path: Path) -> None:
+    async with ha_pair(tmp_path) as pair:
+        leader = await pair.leader()
+        standby = other(leader)
+        loop = asyncio.get_running_loop()
+        pair.api.partition(f"token-of-{leader}", mode="hang")
+        cut = loop.time()
+        taken = await pair.wait_streaming(standby, within=LEASE + 5)
+        # The leader closed its stream at its renew deadline, before the standby could take the lease.
+        stepped = pair.procs[leader].events("leader_stepped_down")
+        assert [e["reason"] for e in stepped] == ["renew deadline passed"]
+        closed_at = next(t for t, active in pair.timeline.samples if t > cut and active == 0)
+        change = pair.api.holders(NAMESPACE, LEASE_NAME)[-1]
+        assert change.holder == standby
+        assert closed_at < change.at
+        assert DEADLINE - RETRY - 0.2 <= closed_at - cut <= DEADLINE + 0.5
+        assert taken <= LEASE + RETRY * 2.2 + 1.5
+        assert pair.alpaca.stats.rejected[406] == 0
+        assert pair.timeline.most == 1
+        assert await pair.metric(leader, "alpaca_exporter_leader") == 0.0
+        assert await pair.metric(leader, "alpaca_exporter_leader_transitions_total") == 2.0
+
+
+async def test_with_the_api_down_for_both_the_leader_streams_only_until_its_deadline(tmp_path: Path) -> None:
+    async with ha_pair(tmp_path) as pair:
+        leader = await pair.leader()
+        standby = other(leader)
+        loop = asyncio.get_running_loop()
+        await pair.api.refuse(True)
+        cut = loop.time()
+        await asyncio.sleep(LEASE + 2.0)
+        closed_at = next(t for t, active in pair.timeline.samples if t > cut and active == 0)
+        assert closed_at - cut <= DEADLINE + 0.5
+        assert not await pair.streaming(leader)
+        assert not await pair.streaming(standby)
+        assert pair.alpaca.stats.authenticated == 1  # nobody reconnected
+        # The API returns: one of them leads again and streams.
+        await pair.api.refuse(False)
+        assert await pair.leader(within=LEASE + 3) in ("a", "b")
+        assert pair.timeline.most == 1
