@@ -232,6 +232,7 @@ class _Book:
         bids[round(mid - rng.randint(1, _BOOK_DEPTH) * tick, 2)] = size(mid)
         asks[round(mid + rng.randint(1, _BOOK_DEPTH) * tick, 2)] = size(mid)
         for side, changes, far_first in ((self.bids, bids, False), (self.asks, asks, True)):
+            before = set(side)
             for price, amount in changes.items():
                 if amount:
                     side[price] = amount
@@ -239,7 +240,10 @@ class _Book:
                     side.pop(price, None)
             for price in sorted(side, reverse=far_first)[: max(0, len(side) - 2 * _BOOK_DEPTH)]:
                 del side[price]
-                changes[price] = 0.0
+                if price in before:
+                    changes[price] = 0.0
+                else:  # added and trimmed in one delta: the client never hears of it
+                    del changes[price]
         return self._item(symbol, t, bids, asks, reset=False)
 
     def cross(self, symbol: str, t: int, amount: float) -> Item | None:
