@@ -1090,7 +1090,7 @@ async def test_orderbooks_start_with_a_snapshot_then_deltas_that_stay_uncrossed(
     async with feeds_sim(batch_size=4, market=Market(CRYPTO, seed=9, volatility=0.005)) as sim:
         ws = await session(sim, CRYPTO_PATH, mp=mp)
         await subscribe(ws, mp, orderbooks=["BTC/USD", "ETH/USD"])
-        snapshots = decode(await ws.recv())  # the frame right after the ack
+        snapshots = await recv(ws)  # the frame right after the ack
         assert [(o["T"], o["S"], o["r"]) for o in snapshots] == [("o", "BTC/USD", True), ("o", "ETH/USD", True)]
         assert all(len(o["b"]) == len(o["a"]) == 5 for o in snapshots)
         books = {o["S"]: {"b": {}, "a": {}} for o in snapshots}
@@ -1118,7 +1118,7 @@ async def test_orderbooks_start_with_a_snapshot_then_deltas_that_stay_uncrossed(
                     apply_book(books[o["S"]], o)
         # A fault crosses the book once; the next delta repairs it.
         assert await sim.cross_book("BTC/USD") == 1
-        (o,) = decode(await ws.recv())
+        (o,) = await recv(ws)
         apply_book(books["BTC/USD"], o)
         assert crossed(books["BTC/USD"])
         sim.set_rate(2000)
@@ -1133,7 +1133,7 @@ async def test_orderbooks_resnapshot_after_unsubscribe_and_with_trades() -> None
     async with feeds_sim(batch_size=4) as sim:
         ws = await session(sim, CRYPTO_PATH)
         await subscribe(ws, orderbooks=["BTC/USD"], trades=["BTC/USD"])
-        assert [o["r"] for o in decode(await ws.recv())] == [True]
+        assert [o["r"] for o in await recv(ws)] == [True]
         sim.set_rate(2000)
         kinds = Counter(item["T"] for item in await data_items(ws, 300))
         sim.set_rate(0)
@@ -1141,7 +1141,7 @@ async def test_orderbooks_resnapshot_after_unsubscribe_and_with_trades() -> None
         await subscribe(ws, action="unsubscribe", orderbooks=["BTC/USD"])
         await drain_until_quiet(ws, 0.1)
         await subscribe(ws, orderbooks=["BTC/USD"])
-        assert [o["r"] for o in decode(await ws.recv())] == [True]
+        assert [o["r"] for o in await recv(ws)] == [True]
         await ws.close()
 
 
@@ -1202,11 +1202,11 @@ async def test_injected_trades_take_each_feeds_shape() -> None:
         await subscribe(options, True, trades=OPTIONS[:1])
         assert await sim.inject_trade("BTC/USD", 0.0, size=0.25) == 1
         assert await sim.inject_trade(OPTIONS[0], 2.5, size=3) == 1
-        (trade,) = decode(await crypto.recv())
+        (trade,) = await recv(crypto)
         assert trade["p"] == 0.0
         assert trade["s"] == 0.25
         assert set(trade) == {"T", "S", "p", "s", "t", "i", "tks"}
-        (trade,) = decode(await options.recv())
+        (trade,) = await recv(options)
         assert (trade["p"], trade["s"], trade["c"]) == (2.5, 3, "I")
         assert "z" not in trade
         await crypto.close()
