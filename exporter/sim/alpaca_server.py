@@ -62,7 +62,7 @@ from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
 from exporter.core.market_hours import market_open
-from exporter.feeds import ALL_CHANNELS, FEED_BY_PATH, FeedSpec
+from exporter.feeds import ALL_CHANNELS, FEED_BY_PATH, FEEDS, FeedSpec
 from exporter.sim.alpaca_codec import Encoding, Item, decode_frame, encode
 from exporter.sim.market import Market, MinuteBar, family_of
 from exporter.timers import LoopTimers
@@ -525,6 +525,10 @@ class AlpacaSimulator:
 
     def url(self, path: str = "/v2/iex") -> str:
         return f"ws://{self.host}:{self.port}{path}"
+
+    def feed_url(self, feed: str) -> str:
+        """The URL of a feed of :data:`exporter.feeds.FEEDS` by name (``"crypto"``, ``"opra"``...)."""
+        return self.url(FEEDS[feed].path)
 
     @property
     def sessions(self) -> list[AlpacaSession]:
@@ -1276,15 +1280,7 @@ class AlpacaSimulator:
     def _trade_shape(self, session: AlpacaSession, symbol: str, price: float, size: float, t: int) -> Item:
         """A trade as the session's feed writes it (spec section 5), with the session's next trade id."""
         if session.family == "crypto":
-            return {
-                "T": "t",
-                "S": symbol,
-                "p": price,
-                "s": size,
-                "t": t,
-                "i": _CRYPTO_TRADE_ID_BASE + session.trade_ids[symbol],
-                "tks": "B" if session.rng.random() < 0.5 else "S",
-            }
+            return _crypto_trade(symbol, price, size, t, session.trade_ids[symbol], session.rng)
         if session.family == "options":
             return {"T": "t", "S": symbol, "t": t, "p": price, "s": size, "x": self._exchange(session), "c": "I"}
         return {
@@ -1472,6 +1468,12 @@ class AlpacaSimulator:
             await self._send_items(session, items, data=True)
 
 
+def _crypto_trade(symbol: str, price: float, size: float, t: int, number: int, rng: random.Random) -> Item:
+    """A crypto trade: fractional size, a 64-bit id, the taker's side (B buy, S sell)."""
+    side = "B" if rng.random() < 0.5 else "S"
+    return {"T": "t", "S": symbol, "p": price, "s": size, "t": t, "i": _CRYPTO_TRADE_ID_BASE + number, "tks": side}
+
+
 def _unsend_snapshots(session: AlpacaSession, items: list[Item]) -> None:
     """Items that were not sent (muted, closed): a book whose snapshot was among them starts again."""
     for item in items:
@@ -1503,13 +1505,19 @@ def generate_feed(
     seed: int = 0,
     start_ns: int | None = None,
 ) -> Feed:
-    """Pre-encode ``n_messages`` trades and quotes over ``symbols`` in frames of ``batch`` items.
+    """Pre-encode ``n_messages`` trades and quotes over ``symbols`` in frames of ``batch`` items; for
+    crypto pairs (``BTC/USD``...), trades and order-book messages (each book's snapshot first, then deltas).
 
     Prices follow a fresh :class:`Market` (seeded), timestamps advance 1 µs per item from ``start_ns``
     (default: now). The result's ``counts`` hold the number of items per type, for exact checks.
     """
     if batch < 1 or n_messages < 0 or not symbols:
         raise ValueError("need batch >= 1, n_messages >= 0 and at least one symbol")
+    families = {family_of(symbol) for symbol in symbols}
+    if len(families) != 1 or "options" in families:
+        raise ValueError("symbols of one family, stocks or crypto")
+    crypto = families == {"crypto"}
+    books: dict[str, _Book] = {}
     t0 = start_ns if start_ns is not None else time.time_ns()
     market = Market(symbols, seed=seed, clock=lambda: t0 / 1e9)
     rng = random.Random(seed)
@@ -1521,7 +1529,20 @@ def generate_feed(
         symbol = symbols[rng.randrange(len(symbols))]
         t = t0 + k * 1000 + rng.randrange(1000)
         now = t / 1e9
-        if rng.random() < trade_ratio:
+        if crypto:
+            if rng.random() < trade_ratio:
+                price, size, _ = market.trade(symbol, now)
+                ids[symbol] += 1
+                items.append(_crypto_trade(symbol, price, size, t, ids[symbol], rng))
+            else:
+                book = books.setdefault(symbol, _Book())
+                mid = market.price(symbol, now)
+                if book.snapshot_sent:
+                    items.append(book.delta(symbol, t, mid, market.coins, rng))
+                else:
+                    items.append(book.snapshot(symbol, t, mid, market.coins))
+            counts[items[-1]["T"]] += 1
+        elif rng.random() < trade_ratio:
             price, size, _ = market.trade(symbol, now)
             ids[symbol] += 1
             items.append(

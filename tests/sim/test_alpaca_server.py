@@ -1211,3 +1211,49 @@ async def test_injected_trades_take_each_feeds_shape() -> None:
         assert "z" not in trade
         await crypto.close()
         await options.close()
+
+
+async def test_a_crypto_feed_of_trades_and_order_books_for_the_benchmark() -> None:
+    feed = generate_feed(CRYPTO, 3000, batch=50, encoding="msgpack", seed=3)
+    assert feed.messages == 3000
+    assert set(feed.counts) == {"t", "o"}
+    assert feed.counts["t"] > 1000
+    assert feed.counts["o"] > 1000
+    async with feeds_sim() as sim:
+        ws = await session(sim, CRYPTO_PATH, mp=True)
+        await subscribe(ws, True, trades=["*"], orderbooks=CRYPTO)
+        await drain_until_quiet(ws, 0.1)  # the subscribe's own snapshots
+
+        async def read_all() -> list[str | bytes]:
+            async with asyncio.timeout(5):
+                return [await ws.recv() for _ in feed]
+
+        _, received = await asyncio.gather(sim.send_feed(feed), read_all())
+        items = [item for frame in received for item in decode(frame)]
+        assert Counter(item["T"] for item in items) == feed.counts
+        books: dict[str, dict[str, dict[float, float]]] = {}
+        for item in items:
+            if item["T"] == "t":
+                assert set(item) == {"T", "S", "p", "s", "t", "i", "tks"}
+                continue
+            assert item["r"] is (item["S"] not in books)  # each book's snapshot first, then deltas
+            apply_book(books.setdefault(item["S"], {"b": {}, "a": {}}), item)
+            assert not crossed(books[item["S"]])
+        assert set(books) == set(CRYPTO)
+        await ws.close()
+
+
+def test_a_feed_mixes_no_families() -> None:
+    with pytest.raises(ValueError, match="one family"):
+        generate_feed(["AAPL", "BTC/USD"], 10)
+    with pytest.raises(ValueError, match="one family"):
+        generate_feed(OPTIONS, 10)
+
+
+async def test_feed_url_names_each_feeds_path() -> None:
+    async with feeds_sim() as sim:
+        assert sim.feed_url("crypto") == sim.url("/v1beta3/crypto/us")
+        assert sim.feed_url("opra") == sim.url("/v1beta1/opra")
+        ws = await session(sim, "/v1beta1/indicative", mp=True)
+        assert sim.sessions[0].feed == "indicative"
+        await ws.close()
