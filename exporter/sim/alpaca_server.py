@@ -729,17 +729,7 @@ class AlpacaSimulator:
             if session.authenticated and session.wants("trades", symbol):
                 session.trade_ids[symbol] += 1
                 if session.family == "stocks":
-                    item: Item = {
-                        "T": "t",
-                        "S": symbol,
-                        "i": session.trade_ids[symbol],
-                        "x": "V",
-                        "p": price,
-                        "s": size,
-                        "c": ["@"],
-                        "t": ns,
-                        "z": _tape(symbol),
-                    }
+                    item = _stock_trade(symbol, session.trade_ids[symbol], "V", price, size, ["@"], ns)
                 else:
                     item = self._trade_shape(session, symbol, price, size, ns)
                 if extra:
@@ -1283,17 +1273,8 @@ class AlpacaSimulator:
             return _crypto_trade(symbol, price, size, t, session.trade_ids[symbol], session.rng)
         if session.family == "options":
             return {"T": "t", "S": symbol, "t": t, "p": price, "s": size, "x": self._exchange(session), "c": "I"}
-        return {
-            "T": "t",
-            "S": symbol,
-            "i": session.trade_ids[symbol],
-            "x": self._exchange(session),
-            "p": price,
-            "s": size,
-            "c": ["@", "I"] if size < 100 else ["@"],
-            "t": t,
-            "z": _tape(symbol),
-        }
+        conditions = ["@", "I"] if size < 100 else ["@"]  # odd lots
+        return _stock_trade(symbol, session.trade_ids[symbol], self._exchange(session), price, size, conditions, t)
 
     def _quote_item(self, session: AlpacaSession, symbol: str, now: float, t: int) -> Item:
         bid, ask, bid_size, ask_size = self.market.quote(symbol, now)
@@ -1468,6 +1449,22 @@ class AlpacaSimulator:
             await self._send_items(session, items, data=True)
 
 
+def _stock_trade(
+    symbol: str, trade_id: int, exchange: str, price: float, size: float, conditions: list[str], t: int
+) -> Item:
+    return {
+        "T": "t",
+        "S": symbol,
+        "i": trade_id,
+        "x": exchange,
+        "p": price,
+        "s": size,
+        "c": conditions,
+        "t": t,
+        "z": _tape(symbol),
+    }
+
+
 def _crypto_trade(symbol: str, price: float, size: float, t: int, number: int, rng: random.Random) -> Item:
     """A crypto trade: fractional size, a 64-bit id, the taker's side (B buy, S sell)."""
     side = "B" if rng.random() < 0.5 else "S"
@@ -1545,19 +1542,7 @@ def generate_feed(
         elif rng.random() < trade_ratio:
             price, size, _ = market.trade(symbol, now)
             ids[symbol] += 1
-            items.append(
-                {
-                    "T": "t",
-                    "S": symbol,
-                    "i": ids[symbol],
-                    "x": "V",
-                    "p": price,
-                    "s": size,
-                    "c": ["@"],
-                    "t": t,
-                    "z": _tape(symbol),
-                }
-            )
+            items.append(_stock_trade(symbol, ids[symbol], "V", price, size, ["@"], t))
             counts["t"] += 1
         else:
             bid, ask, bid_size, ask_size = market.quote(symbol, now)
