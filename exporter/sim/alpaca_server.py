@@ -965,9 +965,6 @@ class AlpacaSimulator:
         if session.authenticated:
             await self._send_error(session, 403)
             return True
-        if self._refuses_json(session):
-            await self._refuse_json(session)
-            return False
         key, secret = data.get("key"), data.get("secret")
         if not isinstance(key, str) or not isinstance(secret, str):
             key, secret = "", ""
@@ -975,6 +972,9 @@ class AlpacaSimulator:
         return session.conn.protocol.close_sent is None
 
     async def _authenticate(self, session: AlpacaSession, key: str, secret: str, *, push: bool) -> bool:
+        if self._refuses_json(session):  # options_json_error="auth": the auth (message or headers) gets it
+            await self._refuse_json(session)
+            return False
         creds = self._credentials
         valid = bool(key) and bool(secret)
         if creds is not None:

@@ -1257,3 +1257,12 @@ async def test_feed_url_names_each_feeds_path() -> None:
         ws = await session(sim, "/v1beta1/indicative", mp=True)
         assert sim.sessions[0].feed == "indicative"
         await ws.close()
+
+
+async def test_options_412_at_header_auth_with_the_knob() -> None:
+    async with feeds_sim(options_json_error="auth") as sim:
+        headers = {"APCA-API-KEY-ID": KEY, "APCA-API-SECRET-KEY": SECRET}
+        ws = await open_ws(sim, OPRA_PATH, headers=headers)
+        assert await recv(ws) == error(412, "option messages are only available in MsgPack format")
+        assert await closed_code(ws) == 1008
+        assert sim.stats.authenticated == 0
