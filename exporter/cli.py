@@ -22,6 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the daemon against built-in simulators with a scripted day of faults")
     demo.add_argument("--port", type=int, default=None, help="port for /metrics (default EXPORTER_PORT or 9877)")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run)")
+    demo.add_argument(
+        "--feed",
+        choices=("stocks", "crypto", "options"),
+        default="stocks",
+        help="the Alpaca feed the demo plays on (default stocks)",
+    )
     sim = sub.add_parser("simulate", help="run only the Alpaca and Yahoo simulators on loopback")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--alpaca-port", type=int, default=0, help="0 = any free port")
@@ -99,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "demo":
             from exporter.sim.demo import run_demo
 
-            return run_demo(port=args.port, duration=args.duration)
+            return run_demo(port=args.port, duration=args.duration, feed=args.feed)
         if command == "simulate":
             from exporter.sim.serve import run_simulators
 

@@ -1,4 +1,4 @@
-"""Wire encoding of the Alpaca stocks stream, as the simulator's server side writes it.
+"""Wire encoding of the Alpaca streams (stocks, crypto, options), as the simulator's server side writes it.
 
 Items are plain dicts built with ``T`` as the first key (Go's decoder requires it). Timestamps are kept
 as integer nanoseconds until encoding: JSON frames carry RFC 3339 UTC strings with the fractional
@@ -103,8 +103,8 @@ def _json_item(item: Item) -> Item:
 
 def _msgpack_item(item: Item) -> Item:
     item = t_first(item)
-    if any(k in item and isinstance(item[k], int) for k in TIMESTAMP_KEYS):
-        item = {k: msgpack_timestamp(v) if k in TIMESTAMP_KEYS and isinstance(v, int) else v for k, v in item.items()}
+    if any(_is_ts(k, item.get(k)) for k in TIMESTAMP_KEYS):
+        item = {k: msgpack_timestamp(v) if _is_ts(k, v) else v for k, v in item.items()}
     return item
 
 

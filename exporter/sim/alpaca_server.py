@@ -1,12 +1,23 @@
-"""A local server that speaks Alpaca's real-time stocks stream protocol (``alpaca-stream.md`` section 11).
+"""A local server that speaks Alpaca's real-time stream protocol (``alpaca-stream.md`` section 11).
 
 It is the counterpart of the real ``wss://stream.data.alpaca.markets`` for the demo, the tests and the
 benchmarks, and the official SDK (alpaca-py) streams from it unchanged:
 
-- paths ``/v2/{iex,sip,delayed_sip,test}`` and ``/v1beta1/{boats,overnight}``; any other path is refused
-  with HTTP 404 at the upgrade, and too many connects per minute with HTTP 429 (knob);
+- every feed path of :data:`exporter.feeds.FEEDS`: stocks ``/v2/{iex,sip,delayed_sip,test}`` and
+  ``/v1beta1/{boats,overnight}``, crypto ``/v1beta3/crypto/us``, options ``/v1beta1/{indicative,opra}``;
+  any other path is refused with HTTP 404 at the upgrade, and too many connects per minute with HTTP
+  429 (knob);
+- each feed's own messages (spec section 5): crypto trades with fractional sizes, 64-bit ids and the
+  taker side, quotes without exchanges or conditions, bars with fractional volume, order books (a
+  snapshot ``r: true`` first after each subscribe, then deltas where size 0 removes a level, never
+  crossed unless :meth:`AlpacaSimulator.cross_book` asks); option trades and quotes of OCC symbols with
+  a one-character condition string; each feed's channels, ack keys and symbol syntax (410 for a
+  channel the feed lacks, 400 for a symbol it cannot carry, 413 for ``"*"`` option quotes);
 - JSON text frames, or msgpack binary frames when the upgrade carries ``Content-Type:
-  application/msgpack``; client messages accepted in either form; ``T`` is always the first key;
+  application/msgpack``; client messages accepted in either form; ``T`` is always the first key; the
+  options feeds refuse JSON with error 412 and close;
+- with ``follow_sessions``, data only while the feed's session is open (stocks and options: the US
+  equity session; crypto and the test stream: always), on the market's clock;
 - ``connected`` on open, the auth deadline (404), credential check (402), header auth (then 403 for an
   auth message), one connection per key and endpoint (406) with a zombie hold for sockets that vanished
   without a close frame, feed entitlement (409), symbol cap (405, state unchanged), 401/400/410;
@@ -50,8 +61,10 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.server import ServerProtocol
 
+from exporter.core.market_hours import market_open
+from exporter.feeds import ALL_CHANNELS, FEED_BY_PATH, FEEDS, FeedSpec
 from exporter.sim.alpaca_codec import Encoding, Item, decode_frame, encode
-from exporter.sim.market import Market, MinuteBar
+from exporter.sim.market import Market, MinuteBar, family_of
 from exporter.timers import LoopTimers
 
 __all__ = [
@@ -89,31 +102,31 @@ ERROR_MESSAGES: dict[int, str] = {
     500: "internal error",
 }
 
-#: Stream path -> feed name (the entitlement unit).
-STREAM_PATHS: dict[str, str] = {
-    "/v2/iex": "iex",
-    "/v2/sip": "sip",
-    "/v2/delayed_sip": "delayed_sip",
-    "/v2/test": "test",
-    "/v1beta1/boats": "boats",
-    "/v1beta1/overnight": "overnight",
-}
+#: Stream path -> feed name (the entitlement unit), from the project's feed table.
+STREAM_PATHS: dict[str, str] = {path: spec.name for path, spec in FEED_BY_PATH.items()}
 
 TEST_SYMBOL = "FAKEPACA"
 
-# Subscribable channels of the stocks streams, in the order the ack lists them.
-_STOCK_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "statuses", "lulds", "imbalances")
-_TEST_CHANNELS = ("trades", "quotes", "bars")
-# Channels that exist on other Alpaca streams: asking a stocks stream for them is a 410.
-_FOREIGN_CHANNELS = frozenset({"orderbooks", "news", "pricing"})
-# Mirrors of trades: listed in the ack, never subscribed directly (requests for them are ignored).
+# The crypto ack lists its keys in this order (spec section 4); the others follow the feed table.
+_CRYPTO_ACK = ("trades", "quotes", "orderbooks", "bars", "updatedBars", "dailyBars")
+# Channels that exist on some Alpaca stream: asking a feed that lacks one for it is a 410, not a 400.
+_KNOWN_CHANNELS = frozenset(ALL_CHANNELS) | {"news", "pricing"}
+# Mirrors of trades on the stocks streams: listed in the ack, never subscribed directly (requests for
+# them are ignored).
 _MIRRORS = ("corrections", "cancelErrors")
+# Stock symbols as the stocks streams take them (crypto and options check their feed's syntax).
 _SYMBOL_RE = re.compile(r"^(?:\*|[A-Za-z0-9][A-Za-z0-9.\-/:]{0,31})$")
 _CONTROL_TYPES = frozenset({"success", "error", "subscription"})
-_DATA_CHANNEL_OF = {"t": "trades", "q": "quotes", "b": "bars", "u": "updatedBars", "d": "dailyBars"}
+_DATA_CHANNEL_OF = {"t": "trades", "q": "quotes", "b": "bars", "u": "updatedBars", "d": "dailyBars", "o": "orderbooks"}
+_DATA_CHANNELS = ("trades", "quotes", "bars", "updatedBars", "dailyBars", "orderbooks")
 
 # Exchanges and their weights on the consolidated (SIP) tape; IEX-only feeds report "V".
 _SIP_EXCHANGES = ("V", "P", "Q", "N", "Z", "K", "D", "X", "B", "J")
+# OPRA participant codes (Cboe, NYSE Arca, Nasdaq PHLX, ISE, MIAX, BOX, NYSE American, C2, EDGX).
+_OPRA_EXCHANGES = ("C", "N", "X", "I", "M", "B", "A", "W", "E")
+# Crypto trade ids are 64-bit: start past 2**32 so decoders meet the wide form.
+_CRYPTO_TRADE_ID_BASE = 7 * 2**32
+_BOOK_DEPTH = 5  # levels per side in a snapshot; deltas keep each side within twice that
 
 
 @dataclass(slots=True)
@@ -178,20 +191,91 @@ class _BarAcc(MinuteBar):
             "h": self.h,
             "l": self.l,
             "c": self.c,
-            "v": self.v,
+            "v": round(self.v, 8),  # crypto volume is fractional
             "t": self.start * 1_000_000_000,
             "n": self.n,
             "vw": vw,
         }
 
 
+class _Book:
+    """One session's view of a crypto order book: what it has been sent, level by level.
+
+    Bids stay below the mid and asks above it, so the book is never crossed unless a fault adds a
+    crossing level (the next delta removes it again).
+    """
+
+    __slots__ = ("asks", "bids", "snapshot_sent")
+
+    def __init__(self) -> None:
+        self.bids: dict[float, float] = {}
+        self.asks: dict[float, float] = {}
+        self.snapshot_sent = False
+
+    @staticmethod
+    def tick(mid: float) -> float:
+        return max(0.01, round(mid * 0.00005, 2))
+
+    def snapshot(self, symbol: str, t: int, mid: float, size: Callable[[float], float]) -> Item:
+        tick = self.tick(mid)
+        self.bids = {round(mid - k * tick, 2): size(mid) for k in range(1, _BOOK_DEPTH + 1)}
+        self.asks = {round(mid + k * tick, 2): size(mid) for k in range(1, _BOOK_DEPTH + 1)}
+        self.snapshot_sent = True
+        return self._item(symbol, t, self.bids, self.asks, reset=True)
+
+    def delta(self, symbol: str, t: int, mid: float, size: Callable[[float], float], rng: random.Random) -> Item:
+        """Levels that crossed the new mid removed, one level per side re-sized or added near the top, the
+        farthest levels beyond twice the depth removed."""
+        tick = self.tick(mid)
+        bids: dict[float, float] = {p: 0.0 for p in self.bids if p >= mid}
+        asks: dict[float, float] = {p: 0.0 for p in self.asks if p <= mid}
+        bids[round(mid - rng.randint(1, _BOOK_DEPTH) * tick, 2)] = size(mid)
+        asks[round(mid + rng.randint(1, _BOOK_DEPTH) * tick, 2)] = size(mid)
+        for side, changes, far_first in ((self.bids, bids, False), (self.asks, asks, True)):
+            before = set(side)
+            for price, amount in changes.items():
+                if amount:
+                    side[price] = amount
+                else:
+                    side.pop(price, None)
+            for price in sorted(side, reverse=far_first)[: max(0, len(side) - 2 * _BOOK_DEPTH)]:
+                del side[price]
+                if price in before:
+                    changes[price] = 0.0
+                else:  # added and trimmed in one delta: the client never hears of it
+                    del changes[price]
+        return self._item(symbol, t, bids, asks, reset=False)
+
+    def cross(self, symbol: str, t: int, amount: float) -> Item | None:
+        """A bid one tick above the best ask: the crossed book a fault asks for."""
+        if not self.asks:
+            return None
+        best_ask = min(self.asks)
+        price = round(best_ask + self.tick(best_ask), 2)
+        self.bids[price] = amount
+        return self._item(symbol, t, {price: amount}, {}, reset=False)
+
+    @staticmethod
+    def _item(symbol: str, t: int, bids: dict[float, float], asks: dict[float, float], *, reset: bool) -> Item:
+        return {
+            "T": "o",
+            "S": symbol,
+            "t": t,
+            "b": [{"p": p, "s": s} for p, s in sorted(bids.items(), reverse=True)],
+            "a": [{"p": p, "s": s} for p, s in sorted(asks.items())],
+            "r": reset,
+        }
+
+
 class AlpacaSession:
     """One client connection as the server sees it (read-only for tests)."""
 
-    def __init__(self, conn: ServerConnection, path: str, feed: str, encoding: Encoding, number: int) -> None:
+    def __init__(self, conn: ServerConnection, path: str, spec: FeedSpec, encoding: Encoding, number: int) -> None:
         self.conn = conn
         self.path = path
-        self.feed = feed
+        self.spec = spec
+        self.feed = spec.name
+        self.family = spec.family
         self.encoding: Encoding = encoding
         self.number = number
         self.key: str | None = None
@@ -211,20 +295,21 @@ class AlpacaSession:
         self.last_trades: dict[str, Item] = {}
         self.trade_ids: Counter[str] = Counter()
         self.next_illiquid: dict[str, float] = {}  # illiquid symbol -> market time of its next message
+        self.books: dict[str, _Book] = {}  # crypto order books as this session has been sent them
 
     @property
     def is_test(self) -> bool:
         return self.feed == "test"
 
     def subscriptions(self) -> dict[str, list[str]]:
-        """The full state as the ack shows it."""
-        keys = _TEST_CHANNELS if self.is_test else _STOCK_CHANNELS
+        """The full state as the ack shows it: the feed's own keys (spec section 4)."""
+        keys = _CRYPTO_ACK if self.family == "crypto" else self.spec.channels
         out: dict[str, list[str]] = {}
         for key in keys:
             if key == "imbalances" and not self.subs.get(key):
                 continue  # only listed once used: the documented ack has no such key
             out[key] = list(self.subs.get(key, {}))
-        if not self.is_test:
+        if self.family == "stocks" and not self.is_test:
             trades = list(self.subs.get("trades", {}))
             for mirror in _MIRRORS:
                 out[mirror] = list(trades)
@@ -263,7 +348,7 @@ class _SimConnection(ServerConnection):
 
 
 class AlpacaSimulator:
-    """The simulated Alpaca stocks stream server.
+    """The simulated Alpaca stream server (every feed of :data:`exporter.feeds.FEEDS`, one per path).
 
     Data knobs: ``rate`` generated data items per second per connection (0: none, until
     :meth:`set_rate`), in frames of 1..``batch_size`` items; ``trade_ratio`` the share of trades where
@@ -291,6 +376,13 @@ class AlpacaSimulator:
     - ``illiquid``: symbol -> seconds between its trades/quotes (a trade every few minutes), per session.
     - ``feed``: pre-encoded frames streamed once to each session after its first subscription, instead
       of generated data; :attr:`feed_done` is set when a session has been sent all of them.
+    - ``follow_sessions``: generate data only while the session's feed is in session on the market's
+      clock (stocks and options: the US equity session, overnight feeds their night session; crypto
+      and ``/v2/test``: always). False (default): every feed streams at every hour.
+    - ``options_json_error``: when a JSON connection to an options path gets its 412 (then a close):
+      ``"connect"`` in place of ``connected`` (default), or ``"auth"`` as the answer to the auth message.
+    - ``orderbook_ratio``: the share of order-book deltas where a symbol's order book is subscribed
+      besides its trades or quotes.
     """
 
     def __init__(
@@ -326,6 +418,9 @@ class AlpacaSimulator:
         seed: int = 0,
         partial_subscribe: int | None = None,
         illiquid: dict[str, float] | None = None,
+        follow_sessions: bool = False,
+        options_json_error: Literal["connect", "auth"] = "connect",
+        orderbook_ratio: float = 0.3,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -357,6 +452,9 @@ class AlpacaSimulator:
         self._max_size = max_size
         self._feed = feed
         self._seed = seed
+        self.follow_sessions = follow_sessions
+        self.options_json_error = options_json_error
+        self.orderbook_ratio = orderbook_ratio
 
         self.stats = SimulatorStats()
         self.feed_done = asyncio.Event()
@@ -427,6 +525,10 @@ class AlpacaSimulator:
 
     def url(self, path: str = "/v2/iex") -> str:
         return f"ws://{self.host}:{self.port}{path}"
+
+    def feed_url(self, feed: str) -> str:
+        """The URL of a feed of :data:`exporter.feeds.FEEDS` by name (``"crypto"``, ``"opra"``...)."""
+        return self.url(FEEDS[feed].path)
 
     @property
     def sessions(self) -> list[AlpacaSession]:
@@ -614,31 +716,40 @@ class AlpacaSimulator:
         symbol: str,
         price: float,
         *,
-        size: int = 100,
+        size: float = 100,
         extra: dict[str, Any] | None = None,
         t: int | None = None,
     ) -> int:
         """Send one trade with exactly this price (0, negative, NaN, a spike...) to the sessions
-        subscribed to trades of ``symbol``. ``extra`` adds (unknown) keys. Returns the session count."""
-        item: Item = {
-            "T": "t",
-            "S": symbol,
-            "i": 0,
-            "x": "V",
-            "p": price,
-            "s": size,
-            "c": ["@"],
-            "t": t if t is not None else int(self.market.now() * 1e9),
-            "z": _tape(symbol),
-        }
-        if extra:
-            item.update(extra)
+        subscribed to trades of ``symbol``, in the shape of each session's feed (stocks: exchange ``V``,
+        condition ``@``). ``extra`` adds (unknown) keys. Returns the session count."""
+        ns = t if t is not None else int(self.market.now() * 1e9)
         sent = 0
         for session in list(self._sessions):
             if session.authenticated and session.wants("trades", symbol):
                 session.trade_ids[symbol] += 1
-                if await self._send_items(session, [{**item, "i": session.trade_ids[symbol]}], data=True):
+                if session.family == "stocks":
+                    item = _stock_trade(symbol, session.trade_ids[symbol], "V", price, size, ["@"], ns)
+                else:
+                    item = self._trade_shape(session, symbol, price, size, ns)
+                if extra:
+                    item.update(extra)
+                if await self._send_items(session, [item], data=True):
                     sent += 1
+        return sent
+
+    async def cross_book(self, symbol: str, *, size: float = 0.5) -> int:
+        """A crossed order book: a delta adding a bid one tick above the best ask of ``symbol`` to every
+        session that has its book (the session's next generated delta removes it). Returns the sessions."""
+        ns = int(self.market.now() * 1e9)
+        sent = 0
+        for session in list(self._sessions):
+            book = session.books.get(symbol)
+            if not session.authenticated or book is None or not book.snapshot_sent:
+                continue
+            item = book.cross(symbol, ns, size)
+            if item is not None and await self._send_items(session, [item], data=True):
+                sent += 1
         return sent
 
     async def send_unknown(self, symbol: str = "AAPL") -> int:
@@ -735,7 +846,7 @@ class AlpacaSimulator:
         content_type = request.headers.get("Content-Type", "")
         encoding: Encoding = "msgpack" if "application/msgpack" in content_type.lower() else "json"
         self._session_count += 1
-        session = AlpacaSession(conn, path, STREAM_PATHS[path], encoding, self._session_count)
+        session = AlpacaSession(conn, path, FEED_BY_PATH[path], encoding, self._session_count)
         session.rng.seed(f"{self._seed}:{session.number}")
         if self.slow_client_limit is not None:
             # The limit stands for the real server's per-connection buffer: shrink the kernel's send
@@ -751,6 +862,9 @@ class AlpacaSimulator:
             if self._close_new:
                 await conn.close(1011, "unavailable")
                 return
+            if self._refuses_json(session) and self.options_json_error == "connect":
+                await self._refuse_json(session)
+                return
             await self._send_items(session, [{"T": "success", "msg": "connected"}])
             if not await self._header_auth(session, request.headers):
                 return
@@ -759,6 +873,15 @@ class AlpacaSimulator:
             pass
         finally:
             await self._end_session(session)
+
+    @staticmethod
+    def _refuses_json(session: AlpacaSession) -> bool:
+        return session.encoding not in session.spec.encodings
+
+    async def _refuse_json(self, session: AlpacaSession) -> None:
+        """412: the options streams speak msgpack only."""
+        await self._send_error(session, 412)
+        await self._close_session(session, self.error_close_code, ERROR_MESSAGES[412])
 
     async def _end_session(self, session: AlpacaSession) -> None:
         if session.generator is not None:
@@ -849,6 +972,9 @@ class AlpacaSimulator:
         return session.conn.protocol.close_sent is None
 
     async def _authenticate(self, session: AlpacaSession, key: str, secret: str, *, push: bool) -> bool:
+        if self._refuses_json(session):  # options_json_error="auth": the auth (message or headers) gets it
+            await self._refuse_json(session)
+            return False
         creds = self._credentials
         valid = bool(key) and bool(secret)
         if creds is not None:
@@ -888,17 +1014,20 @@ class AlpacaSimulator:
         if not session.authenticated:
             await self._send_error(session, 401)
             return
-        offered = _TEST_CHANNELS if session.is_test else _STOCK_CHANNELS
+        spec = session.spec
+        offered = spec.channels
         changes: dict[str, list[str]] = {}
         for key, value in data.items():
-            if key == "action" or key in _MIRRORS:
+            if key == "action" or (key in _MIRRORS and session.family == "stocks"):
                 continue
             if key not in offered:
-                code = 410 if key in _FOREIGN_CHANNELS or key in _STOCK_CHANNELS else 400
-                await self._send_error(session, code)
+                await self._send_error(session, 410 if key in _KNOWN_CHANNELS else 400)
                 return
-            if not isinstance(value, list) or not all(isinstance(s, str) and _SYMBOL_RE.match(s) for s in value):
+            if not isinstance(value, list) or not all(_valid_symbol(spec, s) for s in value):
                 await self._send_error(session, 400)
+                return
+            if session.family == "options" and key == "quotes" and "*" in value and action == "subscribe":
+                await self._send_error(session, 413)
                 return
             changes[key] = value
         if action == "subscribe" and self._partial is not None and self._partial_remaining != 0:
@@ -919,9 +1048,13 @@ class AlpacaSimulator:
                 await self._send_error(session, 405)
                 return
         session.subs = new
+        for symbol in list(session.books):
+            if not session.wants("orderbooks", symbol):
+                del session.books[symbol]  # a later subscribe starts again with a snapshot
         self._update_subscription_stats()
         self._notify()
         await self._send_items(session, [{"T": "subscription", **session.subscriptions()}])
+        await self._send_snapshots(session, [s for s in new.get("orderbooks", {}) if s != "*"])
         if session.generator is None and any(new.values()):
             session.generator = asyncio.create_task(self._generate(session), name=f"alpaca-sim-{session.number}")
 
@@ -1041,7 +1174,8 @@ class AlpacaSimulator:
                     continue
                 n = session.rng.randint(1, self._batch_size)
                 items = self._make_items(session, n)
-                await self._send_items(session, items, data=True)
+                if not await self._send_items(session, items, data=True):
+                    _unsend_snapshots(session, items)
                 due += n / rate
                 delay = due - loop.time()
                 if delay < -1.0:
@@ -1053,7 +1187,7 @@ class AlpacaSimulator:
     def _universe(self, session: AlpacaSession) -> list[str]:
         symbols: dict[str, None] = {}
         wildcard = False
-        for channel in ("trades", "quotes", "bars", "updatedBars", "dailyBars"):
+        for channel in _DATA_CHANNELS:
             for symbol in session.subs.get(channel, {}):
                 if symbol == "*":
                     wildcard = True
@@ -1061,9 +1195,13 @@ class AlpacaSimulator:
                     symbols[symbol] = None
         if session.is_test:
             return [TEST_SYMBOL] if wildcard or TEST_SYMBOL in symbols else []
-        if wildcard:
-            symbols.update(dict.fromkeys(self.market.symbols))
+        if wildcard:  # every market symbol this feed could carry
+            family = session.family
+            symbols.update(dict.fromkeys(s for s in self.market.symbols if family_of(s) == family))
         return list(symbols)
+
+    def _in_session(self, session: AlpacaSession, now: float) -> bool:
+        return not self.follow_sessions or market_open(session.spec.session, now)
 
     def _spiked(self, symbol: str) -> float:
         spike = self._spikes.get(symbol)
@@ -1076,10 +1214,10 @@ class AlpacaSimulator:
 
     def _make_items(self, session: AlpacaSession, n: int) -> list[Item]:
         universe = self._universe(session)
-        if not universe:
+        now = self.market.now()
+        if not universe or not self._in_session(session, now):
             return []
         rng = session.rng
-        now = self.market.now()
         ns = int(now * 1e9)
         items: list[Item] = []
         illiquid, halted = self.illiquid, self.halted
@@ -1094,7 +1232,10 @@ class AlpacaSimulator:
             t = ns + rng.randrange(1000)  # sub-microsecond digits, as SIP timestamps have
             wants_t = session.wants("trades", symbol)
             wants_q = session.wants("quotes", symbol)
-            if wants_q and (not wants_t or rng.random() >= self.trade_ratio):
+            wants_o = session.wants("orderbooks", symbol)
+            if wants_o and (not (wants_t or wants_q) or rng.random() < self.orderbook_ratio):
+                items.append(self._book_item(session, symbol, t))
+            elif wants_q and (not wants_t or rng.random() >= self.trade_ratio):
                 items.append(self._quote_item(session, symbol, now, t))
             else:
                 trade = self._trade_item(session, symbol, now, t)
@@ -1107,6 +1248,8 @@ class AlpacaSimulator:
         return items
 
     def _exchange(self, session: AlpacaSession) -> str:
+        if session.family == "options":
+            return _OPRA_EXCHANGES[session.rng.randrange(len(_OPRA_EXCHANGES))]
         if session.feed in ("iex", "test"):
             return "V"
         return _SIP_EXCHANGES[session.rng.randrange(len(_SIP_EXCHANGES))]
@@ -1120,40 +1263,79 @@ class AlpacaSimulator:
         if acc is None or acc.start != period:
             acc = session.bars[symbol] = _BarAcc(period, price, price, price, price)
         acc.add(price, size)
-        item: Item = {
-            "T": "t",
-            "S": symbol,
-            "i": session.trade_ids[symbol],
-            "x": self._exchange(session),
-            "p": price,
-            "s": size,
-            "c": ["@", "I"] if size < 100 else ["@"],
-            "t": t,
-            "z": _tape(symbol),
-        }
+        item = self._trade_shape(session, symbol, price, size, t)
         session.last_trades[symbol] = item
         return item
+
+    def _trade_shape(self, session: AlpacaSession, symbol: str, price: float, size: float, t: int) -> Item:
+        """A trade as the session's feed writes it (spec section 5), with the session's next trade id."""
+        if session.family == "crypto":
+            return _crypto_trade(symbol, price, size, t, session.trade_ids[symbol], session.rng)
+        if session.family == "options":
+            return {"T": "t", "S": symbol, "t": t, "p": price, "s": size, "x": self._exchange(session), "c": "I"}
+        conditions = ["@", "I"] if size < 100 else ["@"]  # odd lots
+        return _stock_trade(symbol, session.trade_ids[symbol], self._exchange(session), price, size, conditions, t)
 
     def _quote_item(self, session: AlpacaSession, symbol: str, now: float, t: int) -> Item:
         bid, ask, bid_size, ask_size = self.market.quote(symbol, now)
         factor = self._spiked(symbol) if symbol in self._spikes else 1.0
+        bid, ask = round(bid * factor, 2), round(ask * factor, 2)
+        if session.family == "crypto":
+            return {"T": "q", "S": symbol, "bp": bid, "bs": bid_size, "ap": ask, "as": ask_size, "t": t}
         exchange = self._exchange(session)
+        if session.family == "options":
+            bid_exchange, ask_exchange = exchange, self._exchange(session)
+            return {
+                "T": "q",
+                "S": symbol,
+                "t": t,
+                "bx": bid_exchange,
+                "bp": bid,
+                "bs": bid_size,
+                "ax": ask_exchange,
+                "ap": ask,
+                "as": ask_size,
+                "c": "A",
+            }
         return {
             "T": "q",
             "S": symbol,
             "bx": exchange,
-            "bp": round(bid * factor, 2),
+            "bp": bid,
             "bs": bid_size,
             "ax": exchange,
-            "ap": round(ask * factor, 2),
+            "ap": ask,
             "as": ask_size,
             "c": ["R"],
             "t": t,
             "z": _tape(symbol),
         }
 
+    def _book_item(self, session: AlpacaSession, symbol: str, t: int) -> Item:
+        """The symbol's order-book snapshot if the session has not had one since subscribing, else a delta."""
+        book = session.books.get(symbol)
+        if book is None:
+            book = session.books[symbol] = _Book()
+        mid = self.market.price(symbol)
+        if not book.snapshot_sent:
+            return book.snapshot(symbol, t, mid, self.market.coins)
+        return book.delta(symbol, t, mid, self.market.coins, session.rng)
+
+    async def _send_snapshots(self, session: AlpacaSession, symbols: list[str]) -> None:
+        """Right after the ack: a snapshot (``r: true``) of each newly subscribed order book, one frame."""
+        ns = int(self.market.now() * 1e9)
+        items = [
+            self._book_item(session, symbol, ns)
+            for symbol in symbols
+            if symbol not in session.books or not session.books[symbol].snapshot_sent
+        ]
+        if items and not await self._send_items(session, items, data=True):
+            _unsend_snapshots(session, items)
+
     def _rare_item(self, session: AlpacaSession, universe: list[str], ns: int) -> Item | None:
-        """A trading status, LULD band, imbalance, correction or cancel, when subscribed."""
+        """A trading status, LULD band, imbalance, correction or cancel, when subscribed (stocks only)."""
+        if session.family != "stocks":
+            return None
         rng = session.rng
         symbol = universe[rng.randrange(len(universe))]
         kinds = []
@@ -1244,9 +1426,10 @@ class AlpacaSimulator:
                     late["v"] += 100
                     late["n"] += 1
                     session.pending_updates.append((loop_now + self.bar_period / 2, late))
+            in_session = self._in_session(session, now)
             for symbol in self._universe(session):
                 day = self.market.daily_bar(symbol)
-                if day is not None and session.wants("dailyBars", symbol):
+                if day is not None and in_session and session.wants("dailyBars", symbol):
                     items.append(
                         {
                             "T": "d",
@@ -1255,7 +1438,7 @@ class AlpacaSimulator:
                             "h": day.h,
                             "l": day.l,
                             "c": day.c,
-                            "v": day.v,
+                            "v": round(day.v, 8),
                             "t": day.start * 1_000_000_000,
                             "n": day.n,
                             "vw": round(day.vw, 4),
@@ -1264,6 +1447,44 @@ class AlpacaSimulator:
         session.bar_period_index = index
         if items:
             await self._send_items(session, items, data=True)
+
+
+def _stock_trade(
+    symbol: str, trade_id: int, exchange: str, price: float, size: float, conditions: list[str], t: int
+) -> Item:
+    return {
+        "T": "t",
+        "S": symbol,
+        "i": trade_id,
+        "x": exchange,
+        "p": price,
+        "s": size,
+        "c": conditions,
+        "t": t,
+        "z": _tape(symbol),
+    }
+
+
+def _crypto_trade(symbol: str, price: float, size: float, t: int, number: int, rng: random.Random) -> Item:
+    """A crypto trade: fractional size, a 64-bit id, the taker's side (B buy, S sell)."""
+    side = "B" if rng.random() < 0.5 else "S"
+    return {"T": "t", "S": symbol, "p": price, "s": size, "t": t, "i": _CRYPTO_TRADE_ID_BASE + number, "tks": side}
+
+
+def _unsend_snapshots(session: AlpacaSession, items: list[Item]) -> None:
+    """Items that were not sent (muted, closed): a book whose snapshot was among them starts again."""
+    for item in items:
+        if item.get("r") is True:
+            session.books.pop(item["S"], None)
+
+
+def _valid_symbol(spec: FeedSpec, symbol: object) -> bool:
+    """A symbol the feed can carry (or ``"*"``): its own syntax for crypto and options."""
+    if not isinstance(symbol, str):
+        return False
+    if symbol == "*":
+        return True
+    return bool(_SYMBOL_RE.match(symbol)) if spec.family == "stocks" else spec.accepts_symbol(symbol)
 
 
 def _tape(symbol: str) -> str:
@@ -1281,13 +1502,19 @@ def generate_feed(
     seed: int = 0,
     start_ns: int | None = None,
 ) -> Feed:
-    """Pre-encode ``n_messages`` trades and quotes over ``symbols`` in frames of ``batch`` items.
+    """Pre-encode ``n_messages`` trades and quotes over ``symbols`` in frames of ``batch`` items; for
+    crypto pairs (``BTC/USD``...), trades and order-book messages (each book's snapshot first, then deltas).
 
     Prices follow a fresh :class:`Market` (seeded), timestamps advance 1 µs per item from ``start_ns``
     (default: now). The result's ``counts`` hold the number of items per type, for exact checks.
     """
     if batch < 1 or n_messages < 0 or not symbols:
         raise ValueError("need batch >= 1, n_messages >= 0 and at least one symbol")
+    families = {family_of(symbol) for symbol in symbols}
+    if len(families) != 1 or "options" in families:
+        raise ValueError("symbols of one family, stocks or crypto")
+    crypto = families == {"crypto"}
+    books: dict[str, _Book] = {}
     t0 = start_ns if start_ns is not None else time.time_ns()
     market = Market(symbols, seed=seed, clock=lambda: t0 / 1e9)
     rng = random.Random(seed)
@@ -1299,22 +1526,23 @@ def generate_feed(
         symbol = symbols[rng.randrange(len(symbols))]
         t = t0 + k * 1000 + rng.randrange(1000)
         now = t / 1e9
-        if rng.random() < trade_ratio:
+        if crypto:
+            if rng.random() < trade_ratio:
+                price, size, _ = market.trade(symbol, now)
+                ids[symbol] += 1
+                items.append(_crypto_trade(symbol, price, size, t, ids[symbol], rng))
+            else:
+                book = books.setdefault(symbol, _Book())
+                mid = market.price(symbol, now)
+                if book.snapshot_sent:
+                    items.append(book.delta(symbol, t, mid, market.coins, rng))
+                else:
+                    items.append(book.snapshot(symbol, t, mid, market.coins))
+            counts[items[-1]["T"]] += 1
+        elif rng.random() < trade_ratio:
             price, size, _ = market.trade(symbol, now)
             ids[symbol] += 1
-            items.append(
-                {
-                    "T": "t",
-                    "S": symbol,
-                    "i": ids[symbol],
-                    "x": "V",
-                    "p": price,
-                    "s": size,
-                    "c": ["@"],
-                    "t": t,
-                    "z": _tape(symbol),
-                }
-            )
+            items.append(_stock_trade(symbol, ids[symbol], "V", price, size, ["@"], t))
             counts["t"] += 1
         else:
             bid, ask, bid_size, ask_size = market.quote(symbol, now)

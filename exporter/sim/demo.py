@@ -1,7 +1,9 @@
-"""``alpaca-exporter demo``: both simulators on loopback, the daemon pointed at them, a scripted day.
+"""``alpaca-exporter demo [--feed stocks|crypto|options]``: both simulators on loopback, the daemon
+pointed at them, a scripted day.
 
 No credentials, no network. Timings are shortened (seconds instead of minutes) so every catalogue
-metric moves within the first minute.
+metric moves within the first minute. ``--feed`` picks the Alpaca feed the minute plays on: the stocks
+feed (IEX), crypto (``BTC/USD``...) or the indicative options feed (OCC symbols, msgpack).
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ import logging
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from exporter.app import Daemon, quiet_libraries
+from exporter.feeds import FEEDS, Family
 from exporter.logs import configure_logging
 from exporter.settings import Settings, load_settings
 from exporter.sim.alpaca_server import AlpacaSimulator
@@ -23,18 +27,53 @@ from exporter.sim.scenario import Faults, demo_steps, run_scenario
 from exporter.sim.yahoo_server import YahooSimulator
 
 DEMO_SYMBOLS = ["AAPL", "MSFT", "SPY", "NVDA", "TSLA"]
+CRYPTO_DEMO_SYMBOLS = ["BTC/USD", "ETH/USD", "SOL/USD"]
+OPTION_DEMO_SYMBOLS = ["AAPL270115C00200000", "SPY270115P00550000", "NVDA270115C00150000"]
 DEMO_KEY = "DEMOKEYID0000000000"
 DEMO_SECRET = "demo-secret-not-a-real-one-000000000000"  # noqa: S105 - the simulator's demo credentials
 
 
-def demo_settings(alpaca_url: str, yahoo_url: str, *, port: int | None, **overrides: Any) -> Settings:
+DemoFeed = Literal["stocks", "crypto", "options"]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedSetup:
+    """What ``demo --feed`` plays on: the Alpaca feed (a row of :data:`exporter.feeds.FEEDS`), its
+    symbols and the channels the daemon subscribes."""
+
+    feed: str
+    symbols: list[str]
+    channels: str
+
+    @property
+    def family(self) -> Family:
+        return FEEDS[self.feed].family
+
+    @property
+    def path(self) -> str:
+        return FEEDS[self.feed].path
+
+
+DEMO_FEEDS: dict[DemoFeed, FeedSetup] = {
+    # statuses for the halt, bars with trades for the missing bar (CONTRACT section 11).
+    "stocks": FeedSetup("iex", DEMO_SYMBOLS, "trades,quotes,bars,statuses"),
+    # order books for the crossed book (CONTRACT section 12).
+    "crypto": FeedSetup("crypto", CRYPTO_DEMO_SYMBOLS, "trades,quotes,orderbooks"),
+    "options": FeedSetup("indicative", OPTION_DEMO_SYMBOLS, "trades,quotes"),
+}
+
+
+def demo_settings(
+    alpaca_url: str, yahoo_url: str, *, port: int | None, feed: DemoFeed = "stocks", **overrides: Any
+) -> Settings:
+    setup = DEMO_FEEDS[feed]
     values: dict[str, Any] = {
         "apca_api_key_id": DEMO_KEY,
         "apca_api_secret_key": DEMO_SECRET,
-        "symbols": ",".join(DEMO_SYMBOLS),
+        "symbols": ",".join(setup.symbols),
+        "alpaca_feed": setup.feed,
         "alpaca_url": alpaca_url,
-        # statuses for the halt, bars with trades for the missing bar (CONTRACT section 11).
-        "alpaca_channels": "trades,quotes,bars,statuses",
+        "alpaca_channels": setup.channels,
         "yahoo_url": yahoo_url,
         "yahoo_interval_seconds": 1.0,
         "yahoo_standby_interval_seconds": 2.0,
@@ -50,6 +89,9 @@ def demo_settings(alpaca_url: str, yahoo_url: str, *, port: int | None, **overri
     }
     if port is not None:
         values["port"] = port
+    encodings = FEEDS[setup.feed].encodings
+    if len(encodings) == 1:  # options: msgpack only, whatever EXPORTER_ALPACA_ENCODING says
+        values["alpaca_encoding"] = encodings[0]
     values.update(overrides)
     # The user's own EXPORTER_* settings (port, host, log format) still apply where the demo sets nothing.
     return load_settings(env_file=None, **values)
@@ -62,13 +104,16 @@ class Demo:
         self,
         *,
         port: int | None = None,
+        feed: DemoFeed = "stocks",
         rate: float = 200.0,
         seed: int = 7,
         zombie_hold: float = 1.5,
         request_log: int = 100_000,
         **overrides: Any,
     ) -> None:
-        self.market = Market(DEMO_SYMBOLS, seed=seed)
+        self.feed = feed
+        self.setup = setup = DEMO_FEEDS[feed]
+        self.market = Market(setup.symbols, seed=seed)
         self.alpaca = AlpacaSimulator(
             self.market,
             credentials=(DEMO_KEY, DEMO_SECRET),
@@ -80,7 +125,7 @@ class Demo:
         )
         # request_log: how many requests the Yahoo simulator remembers for tests (about 1 KB each).
         self.yahoo = YahooSimulator(self.market, max_log=request_log)
-        self.faults = Faults(self.alpaca, self.yahoo, DEMO_SYMBOLS)
+        self.faults = Faults(self.alpaca, self.yahoo, setup.symbols)
         self.port = port
         self.overrides = overrides
         self.daemon: Daemon | None = None
@@ -89,7 +134,9 @@ class Demo:
     async def running(self) -> AsyncIterator[Daemon]:
         """The simulators serving and the daemon started; on exit the daemon stops, then the simulators."""
         async with self.alpaca, self.yahoo:
-            settings = demo_settings(self.alpaca.url("/v2/iex"), self.yahoo.url, port=self.port, **self.overrides)
+            settings = demo_settings(
+                self.alpaca.url(self.setup.path), self.yahoo.url, port=self.port, feed=self.feed, **self.overrides
+            )
             self.daemon = daemon = Daemon(settings)
             runner = asyncio.create_task(daemon.run())
             try:
@@ -109,10 +156,11 @@ class Demo:
             if announce:
                 announce(
                     f"alpaca-exporter demo: metrics at http://127.0.0.1:{daemon.port}/metrics "
-                    f"(status /status, ready /readyz); Alpaca simulator {self.alpaca.url('/v2/iex')}, "
+                    f"(status /status, ready /readyz); Alpaca simulator {self.alpaca.url(self.setup.path)}, "
                     f"Yahoo simulator {self.yahoo.url}"
                 )
-            scenario = asyncio.create_task(run_scenario(demo_steps(self.faults), announce=announce))
+            steps = demo_steps(self.faults, self.setup.family)
+            scenario = asyncio.create_task(run_scenario(steps, announce=announce))
             try:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(daemon.stopping.wait(), duration)
@@ -125,7 +173,7 @@ def _announce(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_demo(*, port: int | None = None, duration: float | None = None) -> int:
+def run_demo(*, port: int | None = None, duration: float | None = None, feed: DemoFeed = "stocks") -> int:
     level = os.environ.get("EXPORTER_LOG_LEVEL", "INFO").upper()
     fmt = os.environ.get("EXPORTER_LOG_FORMAT", "console").lower()
     configure_logging(level, "json" if fmt == "json" else "console", secrets=[DEMO_SECRET])
@@ -133,7 +181,7 @@ def run_demo(*, port: int | None = None, duration: float | None = None) -> int:
     logging.getLogger("exporter.sim").setLevel(logging.WARNING)
 
     async def main() -> None:
-        demo = Demo(port=port)
+        demo = Demo(port=port, feed=feed)
         loop = asyncio.get_running_loop()
         import signal
 

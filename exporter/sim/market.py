@@ -1,5 +1,8 @@
 """One shared per-symbol random walk, so the Alpaca and Yahoo simulators agree on prices.
 
+Symbols of every feed family share it: stock tickers, crypto pairs (``BTC/USD`` near 90,000 with
+fractional sizes) and OCC option symbols (premiums of a few dollars, sizes in contracts).
+
 Prices follow a geometric random walk advanced lazily to the time asked for: two simulators in one
 process that share a ``Market`` see the same price at the same moment, within the spread each adds.
 Deterministic for a given seed and sequence of calls; no I/O.
@@ -14,6 +17,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from exporter.feeds import FEEDS, Family
+
 
 @dataclass(slots=True)
 class MinuteBar:
@@ -22,7 +27,7 @@ class MinuteBar:
     h: float
     l: float  # noqa: E741 - OHLC naming
     c: float
-    v: int = 0
+    v: float = 0  # shares or contracts (int), or coins (fractional)
     n: int = 0
     notional: float = 0.0
 
@@ -30,7 +35,7 @@ class MinuteBar:
     def vw(self) -> float:
         return self.notional / self.v if self.v else self.c
 
-    def add(self, price: float, size: int) -> None:
+    def add(self, price: float, size: float) -> None:
         """One trade into the bar."""
         self.h = max(self.h, price)
         self.l = min(self.l, price)
@@ -40,10 +45,35 @@ class MinuteBar:
         self.notional += price * size
 
 
+# Price levels of well-known crypto bases (USD), so BTC/USD looks like BTC/USD.
+_CRYPTO_LEVELS: dict[str, float] = {"BTC": 90_000.0, "ETH": 3_000.0, "SOL": 150.0, "LTC": 90.0, "AVAX": 35.0}
+
+
+def family_of(symbol: str) -> Family:
+    """The feed family a symbol's spelling belongs to: an OCC option, a ``BASE/QUOTE`` pair, else a stock."""
+    if FEEDS["opra"].accepts_symbol(symbol):
+        return "options"
+    if FEEDS["crypto"].accepts_symbol(symbol):
+        return "crypto"
+    return "stocks"
+
+
+def _start_price(symbol: str, h: int) -> float:
+    family = family_of(symbol)
+    if family == "options":
+        return 0.5 + (h % 800) / 100.0  # a premium of a few dollars
+    if family == "crypto":
+        base = symbol.partition("/")[0]
+        level = _CRYPTO_LEVELS.get(base)
+        return level * (0.95 + (h % 1000) / 10_000.0) if level is not None else 1.0 + (h % 50_000) / 100.0
+    return 20.0 + (h % 48_000) / 100.0
+
+
 @dataclass(slots=True)
 class _Walk:
     price: float
     at: float
+    family: Family = "stocks"
     bar: MinuteBar | None = None
     day_bar: MinuteBar | None = None
     trade_id: int = 0
@@ -87,8 +117,8 @@ class Market:
             return
         # A stable starting price per symbol (same across runs and processes for the same seed).
         h = zlib.crc32(f"{self._seed}:{symbol}".encode())
-        start = 20.0 + (h % 48_000) / 100.0
-        self._walks[symbol] = _Walk(price=round(start, 2), at=self._clock())
+        start = _start_price(symbol, h)
+        self._walks[symbol] = _Walk(price=round(start, 2), at=self._clock(), family=family_of(symbol))
 
     def _advance(self, symbol: str, now: float) -> _Walk:
         walk = self._walks.get(symbol)
@@ -106,22 +136,36 @@ class Market:
         """The mid price now, rounded to a cent."""
         return round(self._advance(symbol, self._clock() if now is None else now).price, 2)
 
-    def quote(self, symbol: str, now: float | None = None) -> tuple[float, float, int, int]:
-        """(bid, ask, bid size, ask size) around the current price."""
-        mid = self._advance(symbol, self._clock() if now is None else now).price
+    def quote(self, symbol: str, now: float | None = None) -> tuple[float, float, float, float]:
+        """(bid, ask, bid size, ask size) around the current price: round lots or contracts (int), or
+        coins (fractional, for crypto)."""
+        walk = self._advance(symbol, self._clock() if now is None else now)
+        mid = walk.price
         half = max(0.005, mid * self._spread / 2)
         bid = round(mid - half, 2)
         ask = round(mid + half, 2)
         if ask <= bid:
             ask = round(bid + 0.01, 2)
+        if walk.family == "crypto":
+            return bid, ask, self.coins(mid), self.coins(mid)
         return bid, ask, self._rng.randint(1, 20), self._rng.randint(1, 20)
 
-    def trade(self, symbol: str, now: float | None = None) -> tuple[float, int, int]:
+    def coins(self, price: float) -> float:
+        """A fractional crypto size worth about a thousand dollars at ``price`` (8 decimals, never 0)."""
+        return max(1e-8, round(self._rng.lognormvariate(0.0, 1.0) * 1000.0 / price, 8))
+
+    def trade(self, symbol: str, now: float | None = None) -> tuple[float, float, int]:
         """(price, size, trade id) of a new trade; updates the current minute and daily bars."""
         t = self._clock() if now is None else now
         walk = self._advance(symbol, t)
         price = round(walk.price, 2)
-        size = self._rng.choice((1, 5, 10, 50, 100, 100, 100, 200, 300, 500))
+        size: float
+        if walk.family == "crypto":
+            size = self.coins(walk.price)
+        elif walk.family == "options":
+            size = self._rng.choice((1, 1, 2, 5, 10, 20, 50))  # contracts
+        else:
+            size = self._rng.choice((1, 5, 10, 50, 100, 100, 100, 200, 300, 500))
         walk.trade_id += 1
         minute = int(t) - int(t) % 60
         bar = walk.bar

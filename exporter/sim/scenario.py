@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+from exporter.feeds import Family
 from exporter.sim.alpaca_server import AlpacaSimulator
+from exporter.sim.market import family_of
 from exporter.sim.yahoo_server import YahooSimulator
 
 log = logging.getLogger("exporter.demo")
@@ -24,14 +26,19 @@ CYCLE_SECONDS = 60.0
 Action = Callable[[], Awaitable[None]]
 
 
+# A symbol of each family nobody subscribes (the client counts it as unknown, not as a feed error).
+_UNSUBSCRIBED: dict[Family, str] = {"stocks": "ZZZZ", "crypto": "ZZZ/USD", "options": "ZZZ270115C00001000"}
+
+
 class Faults:
-    """Faults on the two simulators; bad prints and missing bars go to the first symbol, spikes and
-    halts to the second."""
+    """Faults on the two simulators; bad prints and missing bars go to the first symbol, spikes, halts
+    and crossed order books to the second."""
 
     def __init__(self, alpaca: AlpacaSimulator, yahoo: YahooSimulator, symbols: Sequence[str]) -> None:
         self.alpaca = alpaca
         self.yahoo = yahoo
         self.first, self.second = symbols[0], symbols[1 % len(symbols)]
+        self.unsubscribed = _UNSUBSCRIBED[family_of(self.first)]
 
     async def partial_subscription(self, kept: int, messages: int = 1) -> None:
         """The next ``messages`` subscribe messages are applied only for the first ``kept`` symbols of
@@ -61,11 +68,15 @@ class Faults:
                 # A crossed quote (bid above ask) and a trade stamped a minute in the future.
                 {"T": "q", "S": first, "bp": 101.0, "ap": 100.0, "bs": 1, "as": 1, "t": now_ns},
                 {"T": "t", "S": first, "p": alpaca.market.price(first), "s": 5, "t": now_ns + 60_000_000_000},
-                {"T": "t", "S": "ZZZZ", "p": 10.0, "s": 1, "t": now_ns},  # a symbol nobody subscribed
+                {"T": "t", "S": self.unsubscribed, "p": 10.0, "s": 1, "t": now_ns},  # a symbol nobody subscribed
             ]
         )
         await alpaca.send_unknown(first)
         await alpaca.send_missing_field(first)
+
+    async def crossed_book(self) -> None:
+        """The second symbol's order book crossed by one delta (a bid above the best ask)."""
+        await self.alpaca.cross_book(self.second)
 
     async def garbage(self) -> None:
         """Frames that do not decode: random bytes and a truncated frame."""
@@ -130,7 +141,9 @@ class Step:
     action: Action
 
 
-def demo_steps(faults: Faults) -> list[Step]:
+def demo_steps(faults: Faults, family: Family = "stocks") -> list[Step]:
+    """The scripted minute on a feed of ``family``: halts and missing bars where the feed has statuses
+    and bars (stocks), a crossed order book where it has order books (crypto)."""
     first, second = faults.first, faults.second
 
     async def alpaca_outage() -> None:
@@ -148,8 +161,22 @@ def demo_steps(faults: Faults) -> list[Step]:
         await faults.partial_subscription(1, messages=3)
         await faults.accept()
 
-    return [
+    stocks_only = [
         Step(3, f"{first}'s next minute bar is withheld although it traded: a missing bar", faults.missing_bar),
+        # Before the outage, while the stream is surely up: a status sent while the client reconnects is
+        # lost (Alpaca does not replay statuses), and on a loaded machine the reconnect after +24 s can
+        # take seconds.
+        Step(10, f"{second} halted (trading-status message): silence that is not staleness", faults.halt),
+        Step(
+            12,
+            f"{second} resumes trading: its breaker takes the first price as the new reference",
+            partial(faults.halt, False),
+        ),
+    ]
+    crypto_only = [
+        Step(10, f"{second}'s order book crossed by one delta (a bid above the best ask)", faults.crossed_book),
+    ]
+    steps = [
         Step(
             5,
             f"bad prints on {first}: zero price, crossed quote, future timestamp, unknown symbol/type",
@@ -159,15 +186,6 @@ def demo_steps(faults: Faults) -> list[Step]:
             8,
             f"price spike on {second} (x1.5): its circuit breaker trips, heals after the cooldown",
             partial(faults.spike, 1.5, count=3),
-        ),
-        # Before the outage, while the stream is surely up: a status sent while the client reconnects is
-        # lost (Alpaca does not replay statuses), and on a loaded machine the reconnect after +24 s can
-        # take seconds.
-        Step(10, f"{second} halted (trading-status message): silence that is not staleness", faults.halt),
-        Step(
-            12,
-            f"{second} resumes trading: its breaker takes the first price as the new reference",
-            partial(faults.halt, False),
         ),
         Step(14, "Alpaca outage: TCP dropped without a close frame, reconnects refused -> failover", alpaca_outage),
         Step(
@@ -186,6 +204,11 @@ def demo_steps(faults: Faults) -> list[Step]:
         Step(46, "total outage: Alpaca refused and Yahoo down -> BOTH_UNAVAILABLE, /readyz 503", total_outage),
         Step(54, "both sources back: straight to PRIMARY_ACTIVE", faults.accept),
     ]
+    if family == "stocks":
+        steps += stocks_only
+    elif family == "crypto":
+        steps += crypto_only
+    return sorted(steps, key=lambda step: step.at)
 
 
 async def run_scenario(

@@ -18,6 +18,11 @@ as Yahoo's do. The series is a deterministic wave per symbol that ends at the li
 ``close[-1] == regularMarketPrice``; outside the session the price still follows the shared market
 (the Alpaca simulator keeps trading at every hour).
 
+Symbols are asked for as Yahoo spells them (:func:`exporter.feeds.yahoo_symbol`): ``BTC-USD`` answers
+for the market's ``BTC/USD`` as a ``CRYPTOCURRENCY`` of exchange ``CCC`` on a 24/7 UTC calendar (every
+day is a session from 00:00 to 24:00 UTC, so ``regularMarketTime`` keeps moving at night and on
+weekends); OCC option symbols answer as ``OPTION`` of exchange ``OPR`` on the equity sessions.
+
 Faults are scripted through methods (each bounded by a request count and/or a duration, optionally
 limited to some symbols): 429 bursts with or without ``Retry-After``, a token bucket that once tripped
 stays at 429, 5xx, 403, slow answers, HTML "Will be right back" pages, empty 200s, dropped
@@ -44,7 +49,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from exporter.core.market_hours import is_trading_day, nyse_early_closes
-from exporter.sim.market import Market
+from exporter.feeds import yahoo_symbol
+from exporter.sim.market import Market, family_of
 from exporter.timers import LoopTimers
 
 __all__ = ["Shape", "SimRequest", "YahooSimulator"]
@@ -188,7 +194,8 @@ class YahooSimulator:
         self._spike: dict[str, float] = {}
         self._unknown: set[str] = set()
         self._runner: web.AppRunner | None = None
-        self._session_cache: dict[date, _Session] = {}
+        self._session_cache: dict[tuple[date, bool], _Session] = {}
+        self._yahoo_names: dict[str, str] = {}  # Yahoo's spelling -> the market's symbol
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -460,7 +467,7 @@ class YahooSimulator:
         problem = _check_params(interval, range_, window, self.clock())
         if problem is not None:
             return _chart_error(422, "Unprocessable Entity", problem)
-        if symbol in self._unknown or symbol not in self.market.symbols:
+        if symbol in self._unknown or self.market_symbol(symbol) is None:
             return _chart_error(404, "Not Found", "No data found, symbol may be delisted")
         include_pre_post = query.get("includePrePost", "false").lower() == "true"
         body = self.chart_body(
@@ -472,44 +479,65 @@ class YahooSimulator:
 
     # ------------------------------------------------------------------ sessions
 
+    def market_symbol(self, symbol: str) -> str | None:
+        """The market's symbol Yahoo's ``symbol`` stands for (``BTC-USD`` -> ``BTC/USD``; Alpaca's own
+        spelling of a pair is unknown to Yahoo), or None."""
+        symbols = self.market.symbols
+        if len(self._yahoo_names) != len(symbols):  # the market has gained symbols: map them too
+            self._yahoo_names = {yahoo_symbol(s, family_of(s)): s for s in symbols}
+        return self._yahoo_names.get(symbol)
+
+    def _zone(self, always: bool) -> ZoneInfo:
+        return _UTC if always else self._tz
+
+    def _session(self, day: date, always: bool = False) -> _Session:
+        """Pre 04:00, regular 09:30-16:00 (13:00 on early closes), post for four hours after the close;
+        ``always`` (crypto): the whole UTC day."""
+        session = self._session_cache.get((day, always))
+        if session is None:
+            if always:
+                start = int(datetime(day.year, day.month, day.day, tzinfo=_UTC).timestamp())
+                session = _Session(day, start, start, start + 86_400, start + 86_400)
+            else:
+                close = 13 if day in nyse_early_closes(day.year) else 16
+                at = self._at
+                session = _Session(day, at(day, 4), at(day, 9, 30), at(day, close), at(day, close + 4))
+            self._session_cache[(day, always)] = session  # a few thousand days at most (range=max)
+        return session
+
     def _at(self, day: date, hour: int, minute: int = 0) -> int:
         return int(datetime(day.year, day.month, day.day, hour, minute, tzinfo=self._tz).timestamp())
 
-    def _session(self, day: date) -> _Session:
-        """Pre 04:00, regular 09:30-16:00 (13:00 on early closes), post for four hours after the close."""
-        session = self._session_cache.get(day)
-        if session is None:
-            close = 13 if day in nyse_early_closes(day.year) else 16
-            at = self._at
-            session = _Session(day, at(day, 4), at(day, 9, 30), at(day, close), at(day, close + 4))
-            self._session_cache[day] = session  # a few thousand days at most (range=max)
-        return session
-
-    def _current_session(self, now: float) -> _Session:
+    def _current_session(self, now: float, always: bool = False) -> _Session:
         """The session of the exchange's current date, or of the last trading day before it (weekends,
         holidays), as ``currentTradingPeriod`` shows it."""
-        return self._session(_trading_day_on_or_before(datetime.fromtimestamp(now, self._tz).date()))
+        day = datetime.fromtimestamp(now, self._zone(always)).date()
+        return self._session(day if always else _trading_day_on_or_before(day), always)
 
-    def last_session(self, now: float | None = None) -> _Session:
-        """The latest session that has opened by ``now`` (today's once 09:30 has passed)."""
+    def last_session(self, now: float | None = None, *, always: bool = False) -> _Session:
+        """The latest session that has opened by ``now`` (today's once 09:30 has passed; crypto: today's)."""
         t = self.clock() if now is None else now
-        session = self._current_session(t)
+        session = self._current_session(t, always)
         if t < session.open:
             session = self._session(_trading_day_on_or_before(session.day - timedelta(days=1)))
         return session
 
-    def market_time(self, now: float | None = None) -> int:
-        """``regularMarketTime``: now during the regular session, else the last session's close."""
+    def market_time(self, now: float | None = None, *, always: bool = False) -> int:
+        """``regularMarketTime``: now during the regular session, else the last session's close (crypto,
+        ``always``: now)."""
         t = self.clock() if now is None else now
-        return min(int(t), self.last_session(t).close)
+        return min(int(t), self.last_session(t, always=always).close)
 
-    def _sessions(self, last: _Session, range_: str, window: tuple[int, int] | None) -> list[_Session]:
+    def _sessions(
+        self, last: _Session, range_: str, window: tuple[int, int] | None, always: bool = False
+    ) -> list[_Session]:
         """The sessions a ``range`` (or a ``period1``/``period2`` window) covers, oldest first."""
         count = _RANGE_SESSIONS.get(range_)
         months = _RANGE_MONTHS.get(range_)
-        listed = datetime.fromtimestamp(FIRST_TRADE_DATE, self._tz).date()
+        zone = self._zone(always)
+        listed = datetime.fromtimestamp(FIRST_TRADE_DATE, zone).date()
         if window is not None:
-            first = datetime.fromtimestamp(window[0], self._tz).date()
+            first = datetime.fromtimestamp(window[0], zone).date()
         elif months is not None:
             first = _months_before(last.day, months) + timedelta(days=1)
         elif range_ == "ytd":
@@ -520,23 +548,25 @@ class YahooSimulator:
         days: list[date] = []
         day = last.day
         while day >= first and (count is None or len(days) < count):
-            if is_trading_day(day):
+            if always or is_trading_day(day):
                 days.append(day)
             day -= timedelta(days=1)
-        return [self._session(d) for d in reversed(days)]
+        return [self._session(d, always) for d in reversed(days)]
 
-    def trading_periods(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+    def trading_periods(self, now: float | None = None, *, always: bool = False) -> dict[str, dict[str, Any]]:
         """``currentTradingPeriod`` (pre 04:00, regular 09:30-16:00, post until 20:00 exchange time) of the
-        exchange's current date, or of the last trading day before it (as Yahoo shows the last session)."""
-        session = self._current_session(self.clock() if now is None else now)
+        exchange's current date, or of the last trading day before it (as Yahoo shows the last session);
+        ``always`` (crypto): the current UTC day, pre and post empty at its ends."""
+        session = self._current_session(self.clock() if now is None else now, always)
+        zone = self._zone(always)
         return {
-            "pre": self._period(session.pre, session.open),
-            "regular": self._period(session.open, session.close),
-            "post": self._period(session.close, session.post),
+            "pre": self._period(session.pre, session.open, zone),
+            "regular": self._period(session.open, session.close, zone),
+            "post": self._period(session.close, session.post, zone),
         }
 
-    def _period(self, start: int, end: int) -> dict[str, Any]:
-        local = datetime.fromtimestamp(start, self._tz)
+    def _period(self, start: int, end: int, zone: ZoneInfo) -> dict[str, Any]:
+        local = datetime.fromtimestamp(start, zone)
         offset = local.utcoffset()
         return {
             "timezone": local.tzname(),
@@ -569,31 +599,33 @@ class YahooSimulator:
             return {"chart": {"result": [], "error": None}}
 
         now = self.clock()
+        market_symbol = self.market_symbol(symbol) or symbol
+        family = family_of(market_symbol)
+        always = family == "crypto"  # Yahoo's crypto quotes run 24/7
         override = self._price_override.get(symbol)
-        price = override if override is not None else self.market.price(symbol)
+        price = override if override is not None else self.market.price(market_symbol)
         price = round(price * self._spike.get(symbol, 1.0), 4)
-        last_trade = self.market_time(now)
-        local = datetime.fromtimestamp(now, self._tz)
+        last_trade = self.market_time(now, always=always)
+        zone = self._zone(always)
+        local = datetime.fromtimestamp(now, zone)
         offset = local.utcoffset()
-        periods = self.trading_periods(now)
+        periods = self.trading_periods(now, always=always)
         regular = periods["regular"]
         wave = _Wave(symbol, price, last_trade)
-        spans = self._bar_spans(interval, range_, window, now, include_pre_post)
+        spans = self._bar_spans(interval, range_, window, now, include_pre_post, always)
         # The close before the first bar of the range (yahoo.md §2's trap: not yesterday's close).
         previous_close = wave.at(spans[0][0] - 1) if spans else price
 
         meta: dict[str, Any] = {
             "currency": "USD",
             "symbol": symbol,
-            "exchangeName": "NMS",
-            "fullExchangeName": "NasdaqGS",
-            "instrumentType": "EQUITY",
+            **_INSTRUMENTS[family],
             "firstTradeDate": FIRST_TRADE_DATE,
             "regularMarketTime": self._frozen.get(symbol, last_trade),
             "hasPrePostMarketData": True,
             "gmtoffset": int(offset.total_seconds()) if offset is not None else 0,
             "timezone": local.tzname(),
-            "exchangeTimezoneName": self._tz_name,
+            "exchangeTimezoneName": "UTC" if always else self._tz_name,
             "regularMarketPrice": price,
             "fiftyTwoWeekHigh": round(price * 1.2, 2),
             "fiftyTwoWeekLow": round(price * 0.8, 2),
@@ -604,6 +636,13 @@ class YahooSimulator:
             "shortName": f"{symbol} Corp",
             "chartPreviousClose": previous_close,
         }
+        if family == "crypto":
+            base, _, quote_currency = market_symbol.partition("/")
+            meta["currency"] = quote_currency
+            meta["hasPrePostMarketData"] = False
+            meta["longName"] = meta["shortName"] = f"{base} {quote_currency}"
+        elif family == "options":
+            meta["hasPrePostMarketData"] = False
         if range_ == "1d":  # optional fields, typically present with range=1d only (yahoo.md §2)
             meta["previousClose"] = previous_close
             meta["scale"] = 3
@@ -642,10 +681,16 @@ class YahooSimulator:
         return {"chart": {"result": [result], "error": None}}
 
     def _bar_spans(
-        self, interval: str, range_: str, window: tuple[int, int] | None, now: float, include_pre_post: bool
+        self,
+        interval: str,
+        range_: str,
+        window: tuple[int, int] | None,
+        now: float,
+        include_pre_post: bool,
+        always: bool = False,
     ) -> list[tuple[int, int]]:
         """``(start, end)`` of each bar, oldest first; the last one ends at the last trade."""
-        sessions = self._sessions(self.last_session(now), range_, window)
+        sessions = self._sessions(self.last_session(now, always=always), range_, window, always)
         spans: list[tuple[int, int]] = []
         step = _INTRADAY_SECONDS.get(interval)
         if step is not None:
@@ -663,6 +708,15 @@ class YahooSimulator:
         if window is not None:
             spans = [span for span in spans if window[0] <= span[0] < window[1]]
         return spans
+
+
+_UTC = ZoneInfo("UTC")
+# The meta fields that tell an instrument's kind (what Yahoo writes for AAPL, BTC-USD and an OCC contract).
+_INSTRUMENTS: dict[str, dict[str, str]] = {
+    "stocks": {"exchangeName": "NMS", "fullExchangeName": "NasdaqGS", "instrumentType": "EQUITY"},
+    "crypto": {"exchangeName": "CCC", "fullExchangeName": "CCC", "instrumentType": "CRYPTOCURRENCY"},
+    "options": {"exchangeName": "OPR", "fullExchangeName": "OPR", "instrumentType": "OPTION"},
+}
 
 
 @dataclass(frozen=True, slots=True)

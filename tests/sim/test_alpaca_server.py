@@ -865,3 +865,404 @@ async def test_an_updated_bar_follows_its_bar_half_a_period_later() -> None:
         assert updates[0]["v"] == revised["v"] + 100
         assert items.index(updates[0]) > items.index(revised)
         await ws.close()
+
+
+# ---------------------------------------------------------------- crypto and options feeds
+
+CRYPTO = ["BTC/USD", "ETH/USD", "SOL/USD"]
+OPTIONS = ["AAPL250117C00150000", "SPY250321P00500000"]
+CRYPTO_PATH, OPRA_PATH = "/v1beta3/crypto/us", "/v1beta1/opra"
+SATURDAY_NOON_UTC = 1_797_076_800  # 2026-12-12 (a Saturday) 12:00:00 UTC
+TUESDAY_1500_UTC = 1_796_742_000  # 2026-12-08 (a Tuesday) 15:00:00 UTC = 10:00 New York
+
+
+def feeds_sim(**kw: Any) -> AlpacaSimulator:
+    options = {"rate": 0, "rare_probability": 0.0, **kw}  # any credentials
+    market = options.pop("market", None) or Market(SYMBOLS + CRYPTO + OPTIONS, seed=4)
+    return AlpacaSimulator(market, **options)
+
+
+async def data_items(ws: ClientConnection, n: int) -> list[dict[str, Any]]:
+    """Read frames until ``n`` data items have arrived (each with ``T`` as its first key)."""
+    items: list[dict[str, Any]] = []
+    async with asyncio.timeout(5):
+        while len(items) < n:
+            raw = await ws.recv()
+            pairs = (
+                msgpack.unpackb(raw, object_pairs_hook=list)
+                if isinstance(raw, bytes)
+                else json.loads(raw, object_pairs_hook=list)
+            )
+            assert all(item[0][0] == "T" for item in pairs)
+            items.extend(item for item in decode(raw) if item["T"] not in ("success", "error", "subscription"))
+    return items
+
+
+@pytest.mark.parametrize(
+    ("path", "mp"),
+    [(CRYPTO_PATH, False), (CRYPTO_PATH, True), ("/v1beta1/indicative", True), (OPRA_PATH, True)],
+)
+async def test_crypto_and_options_paths_are_served(path: str, mp: bool) -> None:
+    async with feeds_sim() as sim:
+        ws = await session(sim, path, mp=mp)
+        assert sim.sessions[0].feed == path.rsplit("/", 1)[-1].replace("us", "crypto")
+        await ws.close()
+
+
+@pytest.mark.parametrize("path", ["/v1beta1/indicative", OPRA_PATH])
+async def test_options_refuse_json_with_412_then_close(path: str) -> None:
+    async with feeds_sim() as sim:
+        ws = await connect(sim.url(path), open_timeout=2, close_timeout=1)
+        assert await recv(ws) == error(412, "option messages are only available in MsgPack format")
+        assert await closed_code(ws) == 1008
+        assert sim.stats.errors_sent[412] == 1
+        assert sim.stats.sent_by_type["success"] == 0  # no `connected` either
+
+
+async def test_options_412_at_auth_with_the_knob() -> None:
+    async with feeds_sim(options_json_error="auth") as sim:
+        ws = await open_ws(sim, OPRA_PATH)
+        assert await auth(ws) == error(412, "option messages are only available in MsgPack format")
+        assert await closed_code(ws) == 1008
+        assert sim.stats.authenticated == 0
+
+
+async def test_crypto_accepts_json_and_stocks_still_do() -> None:
+    async with feeds_sim() as sim:
+        for path in (CRYPTO_PATH, "/v2/iex"):
+            ws = await session(sim, path, key=f"K{path}")
+            await ws.close()
+        assert sim.stats.errors_sent[412] == 0
+
+
+async def test_ack_keys_per_feed() -> None:
+    async with feeds_sim() as sim:
+        crypto = await session(sim, CRYPTO_PATH)
+        ack = await subscribe(crypto, trades=["BTC/USD"], orderbooks=["ETH/USD"], dailyBars=["*"])
+        assert list(ack) == ["T", "trades", "quotes", "orderbooks", "bars", "updatedBars", "dailyBars"]
+        assert ack["trades"] == ["BTC/USD"]
+        assert ack["orderbooks"] == ["ETH/USD"]
+        assert ack["dailyBars"] == ["*"]
+        options = await session(sim, OPRA_PATH, mp=True)
+        ack = await subscribe(options, True, trades=OPTIONS, quotes=OPTIONS[:1])
+        assert ack == {"T": "subscription", "trades": OPTIONS, "quotes": OPTIONS[:1]}
+        ack = await subscribe(options, True, "unsubscribe", trades=OPTIONS[1:])
+        assert ack == {"T": "subscription", "trades": OPTIONS[:1], "quotes": OPTIONS[:1]}
+        await crypto.close()
+        await options.close()
+
+
+async def test_channels_a_feed_lacks_are_410_and_leave_the_state() -> None:
+    async with feeds_sim() as sim:
+        options = await session(sim, OPRA_PATH, mp=True)
+        await subscribe(options, True, trades=OPTIONS[:1])
+        for channel in ("bars", "updatedBars", "dailyBars", "orderbooks"):
+            await options.send(pack({"action": "subscribe", channel: OPTIONS[:1]}, True))
+            assert await recv(options) == error(410, "invalid subscribe action for this feed")
+        crypto = await session(sim, CRYPTO_PATH)
+        for channel in ("statuses", "lulds", "imbalances", "news"):
+            await crypto.send(json.dumps({"action": "subscribe", channel: ["BTC/USD"]}))
+            assert await recv(crypto) == error(410, "invalid subscribe action for this feed")
+        iex = await session(sim, "/v2/iex", key="OTHER")
+        await iex.send(json.dumps({"action": "subscribe", "orderbooks": ["AAPL"]}))
+        assert await recv(iex) == error(410, "invalid subscribe action for this feed")
+        assert sim.stats.subscriptions["trades"] == OPTIONS[:1]
+        assert sim.stats.errors_sent[410] == 9
+        for ws in (options, crypto, iex):
+            await ws.close()
+
+
+@pytest.mark.parametrize(
+    ("path", "mp", "bad"),
+    [
+        (CRYPTO_PATH, False, "AAPL"),
+        (CRYPTO_PATH, False, "btc/usd"),
+        (CRYPTO_PATH, False, "AAPL250117C00150000"),
+        (OPRA_PATH, True, "BTC/USD"),
+        (OPRA_PATH, True, "AAPL"),
+        (OPRA_PATH, True, "AAPL251317C00150000"),  # month 13
+    ],
+)
+async def test_symbols_a_feed_cannot_carry_are_400(path: str, mp: bool, bad: str) -> None:
+    async with feeds_sim() as sim:
+        ws = await session(sim, path, mp=mp)
+        good = "BTC/USD" if path == CRYPTO_PATH else OPTIONS[0]
+        await ws.send(pack({"action": "subscribe", "trades": [good, bad]}, mp))
+        assert await recv(ws) == error(400, "invalid syntax")
+        assert (await subscribe(ws, mp, trades=[good]))["trades"] == [good]
+        await ws.close()
+
+
+async def test_star_option_quotes_are_413_but_star_trades_are_not() -> None:
+    async with feeds_sim() as sim:
+        ws = await session(sim, OPRA_PATH, mp=True)
+        await ws.send(pack({"action": "subscribe", "quotes": ["*"]}, True))
+        assert await recv(ws) == error(413, "star subscription is not allowed for option quotes")
+        assert (await subscribe(ws, True, trades=["*"]))["trades"] == ["*"]
+        await ws.close()
+
+
+@pytest.mark.parametrize("mp", [False, True])
+async def test_crypto_trades_quotes_and_bars_have_their_feeds_shapes(mp: bool) -> None:
+    async with feeds_sim(batch_size=8) as sim:
+        ws = await session(sim, CRYPTO_PATH, mp=mp)
+        await subscribe(ws, mp, trades=["BTC/USD", "ETH/USD"], quotes=["SOL/USD"], bars=["BTC/USD"])
+        sim.set_rate(2000)
+        items = await data_items(ws, 300)
+        sim.set_rate(0)
+        trades = [item for item in items if item["T"] == "t"]
+        quotes = [item for item in items if item["T"] == "q"]
+        assert len(trades) + len(quotes) == len(items)
+        assert trades
+        assert quotes
+        for trade in trades:
+            assert set(trade) == {"T", "S", "p", "s", "t", "i", "tks"}
+            assert trade["S"] in ("BTC/USD", "ETH/USD")
+            assert isinstance(trade["s"], float)
+            assert trade["s"] > 0
+            assert trade["i"] > 2**32  # 64-bit ids
+            assert trade["tks"] in ("B", "S")
+        assert any(t["s"] != int(t["s"]) for t in trades)  # fractional sizes
+        assert {t["tks"] for t in trades} == {"B", "S"}
+        btc = [t["p"] for t in trades if t["S"] == "BTC/USD"]
+        assert btc
+        assert all(60_000 < p < 130_000 for p in btc)
+        for quote in quotes:
+            assert set(quote) == {"T", "S", "bp", "bs", "ap", "as", "t"}  # no exchanges, conditions, tape
+            assert quote["S"] == "SOL/USD"
+            assert 0 < quote["bp"] < quote["ap"]
+            assert isinstance(quote["bs"], float)
+            assert isinstance(quote["as"], float)
+        await sim.flush_bars()
+        async with asyncio.timeout(5):  # data frames in flight may come first
+            while not (bars := [item for item in await data_items(ws, 1) if item["T"] == "b"]):
+                pass
+        assert bars[0]["S"] == "BTC/USD"
+        assert isinstance(bars[0]["v"], float)
+        assert bars[0]["v"] > 0
+        await ws.close()
+
+
+async def test_options_trades_and_quotes_have_their_feeds_shapes() -> None:
+    async with feeds_sim(batch_size=8) as sim:
+        ws = await session(sim, OPRA_PATH, mp=True)
+        await subscribe(ws, True, trades=OPTIONS, quotes=OPTIONS)
+        sim.set_rate(2000)
+        items = [item for item in await data_items(ws, 200)]
+        sim.set_rate(0)
+        kinds = Counter(item["T"] for item in items)
+        assert set(kinds) == {"t", "q"}
+        assert kinds["t"] > 20
+        assert kinds["q"] > 20
+        for item in items:
+            assert item["S"] in OPTIONS
+            assert isinstance(item["t"], msgpack.Timestamp)
+            assert isinstance(item["c"], str)
+            assert len(item["c"]) == 1
+            if item["T"] == "t":
+                assert set(item) == {"T", "S", "t", "p", "s", "x", "c"}
+                assert isinstance(item["s"], int)
+                assert item["s"] > 0
+                assert 0.1 < item["p"] < 20  # a premium of a few dollars
+            else:
+                assert set(item) == {"T", "S", "t", "bx", "bp", "bs", "ax", "ap", "as", "c"}
+                assert 0 < item["bp"] < item["ap"] < 20
+        await ws.close()
+
+
+def apply_book(book: dict[str, dict[float, float]], item: dict[str, Any]) -> None:
+    if item["r"]:
+        book["b"], book["a"] = {}, {}
+    for side in ("b", "a"):
+        for level in item[side]:
+            if level["s"] == 0:
+                del book[side][level["p"]]  # a removal names a level the book has
+            else:
+                book[side][level["p"]] = level["s"]
+
+
+def crossed(book: dict[str, dict[float, float]]) -> bool:
+    return bool(book["b"]) and bool(book["a"]) and max(book["b"]) >= min(book["a"])
+
+
+@pytest.mark.parametrize("mp", [False, True])
+async def test_orderbooks_start_with_a_snapshot_then_deltas_that_stay_uncrossed(mp: bool) -> None:
+    async with feeds_sim(batch_size=4, market=Market(CRYPTO, seed=9, volatility=0.005)) as sim:
+        ws = await session(sim, CRYPTO_PATH, mp=mp)
+        await subscribe(ws, mp, orderbooks=["BTC/USD", "ETH/USD"])
+        snapshots = await recv(ws)  # the frame right after the ack
+        assert [(o["T"], o["S"], o["r"]) for o in snapshots] == [("o", "BTC/USD", True), ("o", "ETH/USD", True)]
+        assert all(len(o["b"]) == len(o["a"]) == 5 for o in snapshots)
+        books = {o["S"]: {"b": {}, "a": {}} for o in snapshots}
+        for o in snapshots:
+            apply_book(books[o["S"]], o)
+            assert not crossed(books[o["S"]])
+        sim.set_rate(2000)
+        items = [item for item in await data_items(ws, 400)]
+        sim.set_rate(0)
+        removals = 0
+        for o in items:
+            assert o["T"] == "o"
+            assert o["r"] is False
+            assert list(o) == ["T", "S", "t", "b", "a", "r"]
+            apply_book(books[o["S"]], o)
+            assert not crossed(books[o["S"]]), o
+            removals += sum(level["s"] == 0 for side in ("b", "a") for level in o[side])
+            assert all(isinstance(level["s"], float) for side in ("b", "a") for level in o[side])
+        assert removals > 10
+        assert all(len(book["b"]) <= 10 and len(book["a"]) <= 10 for book in books.values())
+        assert 60_000 < max(books["BTC/USD"]["b"]) < 130_000
+        with contextlib.suppress(TimeoutError):  # frames still in flight
+            while True:
+                for o in await recv(ws, 0.2):
+                    apply_book(books[o["S"]], o)
+        # A fault crosses the book once; the next delta repairs it.
+        assert await sim.cross_book("BTC/USD") == 1
+        (o,) = await recv(ws)
+        apply_book(books["BTC/USD"], o)
+        assert crossed(books["BTC/USD"])
+        sim.set_rate(2000)
+        for o in [item for item in await data_items(ws, 100)]:
+            apply_book(books[o["S"]], o)
+        sim.set_rate(0)
+        assert not crossed(books["BTC/USD"])
+        await ws.close()
+
+
+async def test_orderbooks_resnapshot_after_unsubscribe_and_with_trades() -> None:
+    async with feeds_sim(batch_size=4) as sim:
+        ws = await session(sim, CRYPTO_PATH)
+        await subscribe(ws, orderbooks=["BTC/USD"], trades=["BTC/USD"])
+        assert [o["r"] for o in await recv(ws)] == [True]
+        sim.set_rate(2000)
+        kinds = Counter(item["T"] for item in await data_items(ws, 300))
+        sim.set_rate(0)
+        assert kinds["t"] > kinds["o"] > 30  # orderbook_ratio 0.3 of the items beside the trades
+        await subscribe(ws, action="unsubscribe", orderbooks=["BTC/USD"])
+        await drain_until_quiet(ws, 0.1)
+        await subscribe(ws, orderbooks=["BTC/USD"])
+        assert [o["r"] for o in await recv(ws)] == [True]
+        await ws.close()
+
+
+async def test_crypto_streams_on_a_weekend_while_options_and_stocks_wait() -> None:
+    market = Market(SYMBOLS + CRYPTO + OPTIONS, seed=2, clock=lambda: SATURDAY_NOON_UTC)
+    async with feeds_sim(market=market, follow_sessions=True, bar_period=3600) as sim:
+        crypto = await session(sim, CRYPTO_PATH, key="A")
+        options = await session(sim, OPRA_PATH, mp=True, key="B")
+        stocks = await session(sim, "/v2/iex", key="C")
+        await subscribe(crypto, trades=CRYPTO, dailyBars=CRYPTO)
+        await subscribe(options, True, trades=OPTIONS, quotes=OPTIONS)
+        await subscribe(stocks, trades=SYMBOLS, dailyBars=SYMBOLS)
+        sim.set_rate(1000)
+        items = await data_items(crypto, 100)
+        sim.set_rate(0)
+        assert {item["S"] for item in items} <= set(CRYPTO)
+        assert datetime_of(items[0]["t"]).weekday() == 5  # stamped on the Saturday
+        by_feed = {s.feed: s.data_sent for s in sim.sessions}
+        assert by_feed["crypto"] >= 100
+        assert by_feed["opra"] == by_feed["iex"] == 0
+        for ws in (crypto, options, stocks):
+            await ws.close()
+
+
+async def test_options_stream_during_the_equity_session() -> None:
+    market = Market(OPTIONS, seed=2, clock=lambda: TUESDAY_1500_UTC)
+    async with feeds_sim(market=market, follow_sessions=True) as sim:
+        ws = await session(sim, OPRA_PATH, mp=True)
+        await subscribe(ws, True, trades=OPTIONS)
+        sim.set_rate(1000)
+        assert len(await data_items(ws, 50)) >= 50
+        sim.set_rate(0)
+        await ws.close()
+
+
+def datetime_of(rfc: str) -> Any:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(rfc.replace("Z", "+00:00"))
+
+
+async def test_star_on_crypto_streams_only_crypto_pairs() -> None:
+    async with feeds_sim(batch_size=8) as sim:
+        ws = await session(sim, CRYPTO_PATH)
+        await subscribe(ws, trades=["*"])
+        sim.set_rate(2000)
+        symbols = {item["S"] for item in await data_items(ws, 200)}
+        sim.set_rate(0)
+        assert symbols == set(CRYPTO)
+        await ws.close()
+
+
+async def test_injected_trades_take_each_feeds_shape() -> None:
+    async with feeds_sim() as sim:
+        crypto = await session(sim, CRYPTO_PATH, key="A")
+        options = await session(sim, OPRA_PATH, mp=True, key="B")
+        await subscribe(crypto, trades=["BTC/USD"])
+        await subscribe(options, True, trades=OPTIONS[:1])
+        assert await sim.inject_trade("BTC/USD", 0.0, size=0.25) == 1
+        assert await sim.inject_trade(OPTIONS[0], 2.5, size=3) == 1
+        (trade,) = await recv(crypto)
+        assert trade["p"] == 0.0
+        assert trade["s"] == 0.25
+        assert set(trade) == {"T", "S", "p", "s", "t", "i", "tks"}
+        (trade,) = await recv(options)
+        assert (trade["p"], trade["s"], trade["c"]) == (2.5, 3, "I")
+        assert "z" not in trade
+        await crypto.close()
+        await options.close()
+
+
+async def test_a_crypto_feed_of_trades_and_order_books_for_the_benchmark() -> None:
+    feed = generate_feed(CRYPTO, 3000, batch=50, encoding="msgpack", seed=3)
+    assert feed.messages == 3000
+    assert set(feed.counts) == {"t", "o"}
+    assert feed.counts["t"] > 1000
+    assert feed.counts["o"] > 1000
+    async with feeds_sim() as sim:
+        ws = await session(sim, CRYPTO_PATH, mp=True)
+        await subscribe(ws, True, trades=["*"], orderbooks=CRYPTO)
+        await drain_until_quiet(ws, 0.1)  # the subscribe's own snapshots
+
+        async def read_all() -> list[str | bytes]:
+            async with asyncio.timeout(5):
+                return [await ws.recv() for _ in feed]
+
+        _, received = await asyncio.gather(sim.send_feed(feed), read_all())
+        items = [item for frame in received for item in decode(frame)]
+        assert Counter(item["T"] for item in items) == feed.counts
+        books: dict[str, dict[str, dict[float, float]]] = {}
+        for item in items:
+            if item["T"] == "t":
+                assert set(item) == {"T", "S", "p", "s", "t", "i", "tks"}
+                continue
+            assert item["r"] is (item["S"] not in books)  # each book's snapshot first, then deltas
+            apply_book(books.setdefault(item["S"], {"b": {}, "a": {}}), item)
+            assert not crossed(books[item["S"]])
+        assert set(books) == set(CRYPTO)
+        await ws.close()
+
+
+def test_a_feed_mixes_no_families() -> None:
+    with pytest.raises(ValueError, match="one family"):
+        generate_feed(["AAPL", "BTC/USD"], 10)
+    with pytest.raises(ValueError, match="one family"):
+        generate_feed(OPTIONS, 10)
+
+
+async def test_feed_url_names_each_feeds_path() -> None:
+    async with feeds_sim() as sim:
+        assert sim.feed_url("crypto") == sim.url("/v1beta3/crypto/us")
+        assert sim.feed_url("opra") == sim.url("/v1beta1/opra")
+        ws = await session(sim, "/v1beta1/indicative", mp=True)
+        assert sim.sessions[0].feed == "indicative"
+        await ws.close()
+
+
+async def test_options_412_at_header_auth_with_the_knob() -> None:
+    async with feeds_sim(options_json_error="auth") as sim:
+        headers = {"APCA-API-KEY-ID": KEY, "APCA-API-SECRET-KEY": SECRET}
+        ws = await open_ws(sim, OPRA_PATH, headers=headers)
+        assert await recv(ws) == error(412, "option messages are only available in MsgPack format")
+        assert await closed_code(ws) == 1008
+        assert sim.stats.authenticated == 0

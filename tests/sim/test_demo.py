@@ -10,7 +10,15 @@ import pytest
 
 from exporter.core.router import State
 from exporter.settings import ConfigError
-from exporter.sim.demo import DEMO_SYMBOLS, Demo
+from exporter.sim.demo import (
+    CRYPTO_DEMO_SYMBOLS,
+    DEMO_SYMBOLS,
+    OPTION_DEMO_SYMBOLS,
+    Demo,
+    DemoFeed,
+    demo_settings,
+)
+from exporter.sim.scenario import demo_steps
 
 
 async def test_running_serves_the_daemon_on_the_simulators_and_stops_it() -> None:
@@ -71,3 +79,74 @@ async def test_the_demo_repairs_a_partial_subscription_and_sees_a_halt() -> None
         await demo.faults.halt(False)
         assert sim.halted == set()
         assert sim.stats.sent_by_type["s"] >= halts + 2
+
+
+@pytest.mark.parametrize(
+    ("feed", "alpaca_feed", "path", "channels", "symbols"),
+    [
+        ("stocks", "iex", "/v2/iex", ["trades", "quotes", "bars", "statuses"], DEMO_SYMBOLS),
+        ("crypto", "crypto", "/v1beta3/crypto/us", ["trades", "quotes", "orderbooks"], CRYPTO_DEMO_SYMBOLS),
+        ("options", "indicative", "/v1beta1/indicative", ["trades", "quotes"], OPTION_DEMO_SYMBOLS),
+    ],
+)
+def test_demo_feed_builds_the_feeds_settings(
+    monkeypatch: pytest.MonkeyPatch,
+    feed: DemoFeed,
+    alpaca_feed: str,
+    path: str,
+    channels: list[str],
+    symbols: list[str],
+) -> None:
+    monkeypatch.setenv("EXPORTER_ALPACA_ENCODING", "json")  # the user's choice, where the feed allows it
+    demo = Demo(port=0, feed=feed)
+    assert demo.setup.path == path
+    assert demo.market.symbols == symbols
+    settings = demo_settings(f"ws://127.0.0.1:8765{path}", "http://127.0.0.1:1", port=0, feed=feed)
+    assert settings.alpaca_feed == alpaca_feed
+    assert settings.stream_url.endswith(path)
+    assert settings.alpaca_channels == channels
+    assert settings.symbols == symbols
+    assert settings.alpaca_encoding == ("msgpack" if feed == "options" else "json")
+
+
+def test_each_feeds_scripted_minute_has_its_own_faults() -> None:
+    def steps(feed: DemoFeed) -> str:
+        demo = Demo(port=0, feed=feed)
+        return "\n".join(step.what for step in demo_steps(demo.faults, demo.setup.family))
+
+    stocks, crypto, options = steps("stocks"), steps("crypto"), steps("options")
+    assert "halted" in stocks
+    assert "missing bar" in stocks
+    assert "order book crossed" not in stocks
+    assert "order book crossed" in crypto
+    assert "halted" not in crypto
+    assert "missing bar" not in crypto
+    assert "halted" not in options
+    assert "order book crossed" not in options
+    for text in (stocks, crypto, options):
+        assert "Alpaca outage" in text
+        assert "total outage" in text
+
+
+def test_cli_demo_takes_a_feed() -> None:
+    from exporter.cli import _parser
+
+    assert _parser().parse_args(["demo"]).feed == "stocks"
+    assert _parser().parse_args(["demo", "--feed", "crypto"]).feed == "crypto"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["demo", "--feed", "forex"])
+
+
+@pytest.mark.parametrize("feed", ["crypto", "options"])
+async def test_running_on_a_feed_subscribes_its_symbols_on_its_path(feed: DemoFeed) -> None:
+    demo = Demo(port=0, feed=feed, host="127.0.0.1", log_level="WARNING")
+    async with demo.running():
+        sim = demo.alpaca
+        async with asyncio.timeout(10):
+            await sim.wait_until(lambda: bool(sim.stats.subscriptions.get("quotes")))
+        (session,) = sim.sessions
+        assert session.path == demo.setup.path
+        assert session.encoding == "msgpack"
+        assert sorted(sim.stats.subscriptions["trades"]) == sorted(demo.setup.symbols)
+        if feed == "crypto":
+            assert sorted(sim.stats.subscriptions["orderbooks"]) == sorted(demo.setup.symbols)

@@ -1,4 +1,5 @@
-"""Proof of fidelity: the official SDK (alpaca-py) streams from the simulator unchanged.
+"""Proof of fidelity: the official SDK (alpaca-py) streams from the simulator unchanged, on every feed
+family (``StockDataStream``, ``CryptoDataStream``, ``OptionDataStream``, each with ``url_override``).
 
 alpaca-py's ``run()`` wraps ``asyncio.run``, so the test drives its internal coroutine ``_run_forever()``
 in the test's own loop (handlers are registered before it starts: subscribing on a running stream
@@ -13,8 +14,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from alpaca.data.live.crypto import CryptoDataStream
+from alpaca.data.live.option import OptionDataStream
 from alpaca.data.live.stock import StockDataStream
-from alpaca.data.models import Bar, Quote, Trade
+from alpaca.data.models import Bar, Orderbook, Quote, Trade
 
 from exporter.sim.alpaca_server import AlpacaSimulator
 from exporter.sim.market import Market
@@ -31,7 +34,9 @@ async def sim() -> AsyncIterator[AlpacaSimulator]:
         yield server
 
 
-async def stop(stream: StockDataStream, task: asyncio.Task[None], sim: AlpacaSimulator) -> None:
+async def stop(
+    stream: StockDataStream | CryptoDataStream | OptionDataStream, task: asyncio.Task[None], sim: AlpacaSimulator
+) -> None:
     await stream.stop_ws()
     sim.set_rate(200)  # alpaca-py notices the stop only after its next recv (or a 5 s poll)
     async with asyncio.timeout(6):
@@ -132,3 +137,248 @@ async def test_sdk_streams_generated_trades_quotes_and_bars(sim: AlpacaSimulator
     assert bars[0].trade_count > 0
     assert sim.stats.client_messages["auth"] == 1
     assert sim.stats.last_client_close_code == 1000  # alpaca-py closes properly on stop
+
+
+CRYPTO = ["BTC/USD", "ETH/USD", "SOL/USD"]
+OPTIONS = ["AAPL250117C00150000", "SPY250321P00500000"]
+T0 = 1_741_100_462_123_456_789  # 2025-03-04T15:01:02.123456789Z
+
+
+@pytest.fixture
+async def feeds_sim() -> AsyncIterator[AlpacaSimulator]:
+    async with AlpacaSimulator(
+        Market(CRYPTO + OPTIONS, seed=5), credentials=(KEY, SECRET), rate=0, batch_size=8
+    ) as server:
+        yield server
+
+
+async def test_crypto_sdk_receives_exact_trades_quotes_and_orderbooks(feeds_sim: AlpacaSimulator) -> None:
+    sim = feeds_sim
+    stream = CryptoDataStream(KEY, SECRET, url_override=sim.url("/v1beta3/crypto/us"))
+    trades: list[Trade] = []
+    quotes: list[Quote] = []
+    books: list[Orderbook] = []
+    done = asyncio.Event()
+
+    async def check() -> None:
+        if len(trades) >= 3 and len(quotes) >= 2 and len(books) >= 2:
+            done.set()
+
+    async def on_trade(trade: Trade) -> None:
+        trades.append(trade)
+        await check()
+
+    async def on_quote(quote: Quote) -> None:
+        quotes.append(quote)
+        await check()
+
+    async def on_book(book: Orderbook) -> None:
+        books.append(book)
+        await check()
+
+    stream.subscribe_trades(on_trade, "BTC/USD", "ETH/USD")
+    stream.subscribe_quotes(on_quote, "SOL/USD")
+    stream.subscribe_orderbooks(on_book, "BTC/USD")
+    task = asyncio.create_task(stream._run_forever())
+    try:
+        async with asyncio.timeout(5):
+            await sim.wait_until(lambda: sim.stats.subscriptions.get("orderbooks") == ["BTC/USD"])
+        (session,) = sim.sessions
+        assert (session.encoding, session.feed) == ("msgpack", "crypto")
+        sent_trades = [("BTC/USD", 90_123.45, 0.00042), ("ETH/USD", 3_012.5, 1.5), ("BTC/USD", 90_124, 2)]
+        items: list[dict[str, Any]] = [
+            {"T": "t", "S": s, "p": p, "s": size, "t": T0 + k, "i": 2**40 + k, "tks": "BS"[k % 2]}
+            for k, (s, p, size) in enumerate(sent_trades)
+        ]
+        items += [
+            {"T": "q", "S": "SOL/USD", "bp": 150.1, "bs": 12.25, "ap": 150.2, "as": 3, "t": T0},
+            {"T": "q", "S": "SOL/USD", "bp": 150, "bs": 0.5, "ap": 150.3, "as": 7.75, "t": T0 + 1},
+            {
+                "T": "o",
+                "S": "BTC/USD",
+                "t": T0,
+                "b": [{"p": 90_000.5, "s": 0}],
+                "a": [{"p": 90_300, "s": 0.75}],
+                "r": False,
+            },
+            {"T": "t", "S": "SOL/USD", "p": 150.0, "s": 1.0, "t": T0, "i": 1, "tks": "B"},  # not subscribed
+        ]
+        assert await sim.inject(items, only_subscribed=True) == 1
+        async with asyncio.timeout(5):
+            await done.wait()
+        counts = dict(sim.stats.sent_by_type)
+        got = (list(trades), list(quotes), list(books))
+    finally:
+        await stop(stream, task, sim)
+    trades, quotes, books = got
+    assert (len(trades), len(quotes), len(books)) == (3, 2, 2)
+    assert (counts["t"], counts["q"], counts["o"]) == (3, 2, 2)  # what the SDK got is what was sent
+    assert all(isinstance(t, Trade) for t in trades)
+    assert [(t.symbol, t.price, t.size) for t in trades] == [(s, float(p), float(z)) for s, p, z in sent_trades]
+    assert [t.id for t in trades] == [2**40, 2**40 + 1, 2**40 + 2]
+    assert trades[0].timestamp == dt.datetime(2025, 3, 4, 15, 1, 2, 123456, tzinfo=dt.UTC)
+    assert trades[0].exchange is None
+    assert trades[0].conditions is None
+    assert [(q.bid_price, q.bid_size, q.ask_price, q.ask_size) for q in quotes] == [
+        (150.1, 12.25, 150.2, 3.0),
+        (150.0, 0.5, 150.3, 7.75),
+    ]
+    snapshot, delta = books
+    assert isinstance(snapshot, Orderbook)
+    assert snapshot.symbol == "BTC/USD"
+    assert snapshot.reset is True
+    assert len(snapshot.bids) == len(snapshot.asks) == 5
+    assert max(b.price for b in snapshot.bids) < min(a.price for a in snapshot.asks)
+    assert 60_000 < snapshot.bids[0].price < 130_000
+    assert delta.reset is False
+    assert [(b.price, b.size) for b in delta.bids] == [(90_000.5, 0.0)]
+    assert [(a.price, a.size) for a in delta.asks] == [(90_300.0, 0.75)]
+
+
+async def test_crypto_sdk_streams_generated_data(feeds_sim: AlpacaSimulator) -> None:
+    sim = feeds_sim
+    stream = CryptoDataStream(KEY, SECRET, url_override=sim.url("/v1beta3/crypto/us"))
+    trades: list[Trade] = []
+    books: list[Orderbook] = []
+    enough = asyncio.Event()
+
+    async def on_trade(trade: Trade) -> None:
+        trades.append(trade)
+        if len(trades) >= 100 and len(books) >= 30:
+            enough.set()
+
+    async def on_book(book: Orderbook) -> None:
+        books.append(book)
+        if len(trades) >= 100 and len(books) >= 30:
+            enough.set()
+
+    stream.subscribe_trades(on_trade, *CRYPTO)
+    stream.subscribe_orderbooks(on_book, "ETH/USD")
+    task = asyncio.create_task(stream._run_forever())
+    try:
+        async with asyncio.timeout(5):
+            await sim.wait_until(lambda: bool(sim.stats.subscriptions.get("orderbooks")))
+        sim.set_rate(2000)
+        async with asyncio.timeout(5):
+            await enough.wait()
+        sim.set_rate(0)
+    finally:
+        await stop(stream, task, sim)
+    assert {t.symbol for t in trades} == set(CRYPTO)
+    for trade in trades:
+        assert trade.price == pytest.approx(sim.market.price(trade.symbol), rel=0.05)
+        assert trade.size > 0
+        assert trade.id is not None
+        assert trade.id > 2**32
+    assert any(t.size != int(t.size) for t in trades)
+    assert books[0].reset is True
+    assert not any(b.reset for b in books[1:])
+    assert any(level.size == 0 for b in books[1:] for level in b.bids + b.asks)  # level removals
+
+
+@pytest.mark.parametrize("feed", ["indicative", "opra"])
+async def test_option_sdk_receives_exact_trades_and_quotes(feeds_sim: AlpacaSimulator, feed: str) -> None:
+    sim = feeds_sim
+    stream = OptionDataStream(KEY, SECRET, url_override=sim.url(f"/v1beta1/{feed}"))
+    trades: list[Trade] = []
+    quotes: list[Quote] = []
+    done = asyncio.Event()
+
+    async def on_trade(trade: Trade) -> None:
+        trades.append(trade)
+        if len(trades) >= 2 and quotes:
+            done.set()
+
+    async def on_quote(quote: Quote) -> None:
+        quotes.append(quote)
+        if len(trades) >= 2 and quotes:
+            done.set()
+
+    stream.subscribe_trades(on_trade, *OPTIONS)
+    stream.subscribe_quotes(on_quote, OPTIONS[0])
+    task = asyncio.create_task(stream._run_forever())
+    try:
+        async with asyncio.timeout(5):
+            await sim.wait_until(lambda: sim.stats.subscriptions.get("quotes") == OPTIONS[:1])
+        (session,) = sim.sessions
+        assert (session.encoding, session.feed) == ("msgpack", feed)
+        assert await sim.inject_trade(OPTIONS[0], 3.45, size=2, t=T0) == 1
+        assert await sim.inject_trade(OPTIONS[1], 12.1, size=1, t=T0 + 1) == 1
+        quote = {
+            "T": "q",
+            "S": OPTIONS[0],
+            "t": T0,
+            "bx": "C",
+            "bp": 3.4,
+            "bs": 53,
+            "ax": "N",
+            "ap": 3.5,
+            "as": 38,
+            "c": "A",
+        }
+        ignored = {**quote, "S": OPTIONS[1]}  # quotes of the second contract were not subscribed
+        assert await sim.inject([quote, ignored], only_subscribed=True) == 1
+        async with asyncio.timeout(5):
+            await done.wait()
+        counts = dict(sim.stats.sent_by_type)
+        got = (list(trades), list(quotes))
+    finally:
+        await stop(stream, task, sim)
+    trades, quotes = got
+    assert (len(trades), len(quotes)) == (2, 1) == (counts["t"], counts["q"])
+    assert [(t.symbol, t.price, t.size, t.conditions) for t in trades] == [
+        (OPTIONS[0], 3.45, 2.0, "I"),
+        (OPTIONS[1], 12.1, 1.0, "I"),
+    ]
+    assert trades[0].timestamp == dt.datetime(2025, 3, 4, 15, 1, 2, 123456, tzinfo=dt.UTC)
+    assert trades[0].exchange is not None
+    assert trades[0].tape is None
+    (q,) = quotes
+    assert isinstance(q, Quote)
+    assert (q.symbol, q.bid_price, q.bid_size, q.ask_price, q.ask_size, q.conditions) == (
+        OPTIONS[0],
+        3.4,
+        53.0,
+        3.5,
+        38.0,
+        "A",
+    )
+
+
+async def test_option_sdk_streams_generated_data(feeds_sim: AlpacaSimulator) -> None:
+    sim = feeds_sim
+    stream = OptionDataStream(KEY, SECRET, url_override=sim.url("/v1beta1/opra"))
+    trades: list[Trade] = []
+    quotes: list[Quote] = []
+    enough = asyncio.Event()
+
+    async def on_trade(trade: Trade) -> None:
+        trades.append(trade)
+        if len(trades) >= 50 and len(quotes) >= 50:
+            enough.set()
+
+    async def on_quote(quote: Quote) -> None:
+        quotes.append(quote)
+        if len(trades) >= 50 and len(quotes) >= 50:
+            enough.set()
+
+    stream.subscribe_trades(on_trade, *OPTIONS)
+    stream.subscribe_quotes(on_quote, *OPTIONS)
+    task = asyncio.create_task(stream._run_forever())
+    try:
+        async with asyncio.timeout(5):
+            await sim.wait_until(lambda: bool(sim.stats.subscriptions.get("quotes")))
+        sim.set_rate(2000)
+        async with asyncio.timeout(5):
+            await enough.wait()
+        sim.set_rate(0)
+    finally:
+        await stop(stream, task, sim)
+    assert {t.symbol for t in trades} == {q.symbol for q in quotes} == set(OPTIONS)
+    for trade in trades:
+        assert 0.1 < trade.price < 20
+        assert trade.size >= 1
+        assert isinstance(trade.conditions, str)
+    for quote in quotes:
+        assert 0 < quote.bid_price < quote.ask_price
+        assert isinstance(quote.conditions, str)

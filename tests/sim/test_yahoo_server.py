@@ -567,3 +567,92 @@ async def test_bad_window_422(client: httpx.AsyncClient, params: dict[str, str],
     r = await client.get(CHART + "AAPL", params=params)
     assert r.status_code == 422
     assert needle in r.json()["chart"]["error"]["description"]
+
+
+# ---------------------------------------------------------------- crypto (24/7) and options
+
+OCC = "AAPL250117C00150000"
+
+
+@pytest.fixture
+async def feeds_client(clock: FixedClock) -> AsyncIterator[tuple[YahooSimulator, httpx.AsyncClient]]:
+    market = Market(["AAPL", "BTC/USD", "ETH/USD", OCC], seed=7, clock=clock)
+    async with YahooSimulator(market) as sim, httpx.AsyncClient(base_url=sim.url, timeout=2.0) as c:
+        yield sim, c
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime(2026, 3, 14, 3, 17, 5, tzinfo=UTC),  # a Saturday, at night
+        datetime(2026, 4, 3, 22, 0, 0, tzinfo=UTC),  # Good Friday, after dark
+        datetime(2026, 3, 10, 14, 34, 27, tzinfo=UTC),  # a weekday during the equity session
+    ],
+    ids=["saturday-night", "holiday-evening", "weekday"],
+)
+async def test_btc_usd_is_a_24_7_cryptocurrency(
+    clock: FixedClock, feeds_client: tuple[YahooSimulator, httpx.AsyncClient], when: datetime
+) -> None:
+    sim, client = feeds_client
+    clock.t = when.timestamp()
+    result = result_of(await chart(client, "BTC-USD"))
+    meta = result["meta"]
+    assert meta["symbol"] == "BTC-USD"
+    assert (meta["currency"], meta["exchangeName"], meta["instrumentType"]) == ("USD", "CCC", "CRYPTOCURRENCY")
+    assert (meta["exchangeTimezoneName"], meta["timezone"], meta["gmtoffset"]) == ("UTC", "UTC", 0)
+    assert meta["regularMarketTime"] == int(clock.t)  # now, whatever the hour or the day
+    assert meta["regularMarketPrice"] == sim.market.price("BTC/USD")  # the Alpaca simulator's BTC/USD
+    assert 60_000 < meta["regularMarketPrice"] < 130_000
+    midnight = int(datetime(when.year, when.month, when.day, tzinfo=UTC).timestamp())
+    regular = meta["currentTradingPeriod"]["regular"]
+    assert (regular["start"], regular["end"]) == (midnight, midnight + 86_400)
+    # 1m bars from the UTC midnight up to now, the last one at the live price.
+    assert result["timestamp"][0] == midnight
+    assert result["timestamp"][-1] == int(clock.t) - int(clock.t) % 60
+    assert result["indicators"]["quote"][0]["close"][-1] == meta["regularMarketPrice"]
+    clock.t += 3600  # an hour later the time has moved on, as it does for crypto on Yahoo
+    assert meta_of(await chart(client, "BTC-USD"))["regularMarketTime"] == int(clock.t)
+
+
+async def test_crypto_daily_bars_include_weekends(
+    clock: FixedClock, feeds_client: tuple[YahooSimulator, httpx.AsyncClient]
+) -> None:
+    _, client = feeds_client
+    clock.t = datetime(2026, 3, 15, 12, tzinfo=UTC).timestamp()  # a Sunday
+    result = result_of(await chart(client, "ETH-USD", interval="1d", range="1mo"))
+    days = [datetime.fromtimestamp(t, UTC) for t in result["timestamp"]]
+    assert len(days) == 28  # 2026-02-16 .. 2026-03-15: every day
+    assert {d.weekday() for d in days} == set(range(7))
+    assert all(d.hour == 0 and d.minute == 0 for d in days)
+
+
+async def test_the_alpaca_spelling_of_a_pair_is_unknown_to_yahoo(
+    feeds_client: tuple[YahooSimulator, httpx.AsyncClient],
+) -> None:
+    _, client = feeds_client
+    assert (await chart(client, "BTC-EUR")).status_code == 404
+    assert (await client.get(CHART + "BTC%2FUSD", params=PARAMS)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("when", "market_time"),
+    [
+        (T_EDT, T_EDT),  # in session: now
+        (ny(11, 0, day=date(2026, 3, 14)), ny(16, day=date(2026, 3, 13))),  # Saturday: Friday's close
+    ],
+    ids=["session", "saturday"],
+)
+async def test_occ_symbols_are_options_on_the_equity_session(
+    clock: FixedClock, feeds_client: tuple[YahooSimulator, httpx.AsyncClient], when: int, market_time: int
+) -> None:
+    sim, client = feeds_client
+    clock.t = when
+    meta = meta_of(await chart(client, OCC))
+    assert meta["symbol"] == OCC
+    assert (meta["exchangeName"], meta["instrumentType"], meta["currency"]) == ("OPR", "OPTION", "USD")
+    assert meta["exchangeTimezoneName"] == "America/New_York"
+    assert meta["regularMarketTime"] == market_time
+    assert meta["regularMarketPrice"] == sim.market.price(OCC)
+    assert 0.1 < meta["regularMarketPrice"] < 20  # a premium of a few dollars
+    aapl = meta_of(await chart(client, "AAPL"))
+    assert (aapl["instrumentType"], aapl["exchangeName"]) == ("EQUITY", "NMS")
