@@ -73,6 +73,9 @@ class LeaseElector:
     # ---- the loop ----------------------------------------------------------------------------------
     async def run(self) -> None:
         election, timers = self.election, self._timers
+        # Import lightkube and build the client before the first attempt, whose start the renew deadline
+        # counts from (the import takes a good part of a second).
+        self.client()
         while True:
             await self._attempt()
             if election.check_deadline(timers.monotonic()):

@@ -35,7 +35,7 @@ async def test_exactly_one_leader_holds_the_stream_and_the_standby_serves(tmp_pa
         assert status["leader_election"]["holder"] == leader
         assert "token" not in str(status["leader_election"]).lower()
         assert pair.timeline.most == 1
-        assert pair.alpaca.stats.rejected[406] == 0
+        assert pair.alpaca.stats.errors_sent[406] == 0
         holders = [c.holder for c in pair.api.holders(NAMESPACE, LEASE_NAME)]
         assert holders == [leader]
 
@@ -48,7 +48,7 @@ async def test_sigterm_of_the_leader_hands_over_within_the_retry_period_without_
         taken = await pair.wait_streaming(standby, within=LEASE)
         # The lease is released, so the standby needs one (jittered) retry period, not the lease duration.
         assert taken < RETRY * 2.2 + 1.0
-        assert pair.alpaca.stats.rejected[406] == 0
+        assert pair.alpaca.stats.errors_sent[406] == 0
         assert pair.alpaca.stats.last_client_close_code == 1000  # the leader closed its stream properly
         assert pair.timeline.most == 1
         holders = [c.holder for c in pair.api.holders(NAMESPACE, LEASE_NAME)]
@@ -63,8 +63,11 @@ async def test_sigkill_of_the_leader_the_standby_takes_over_after_the_lease_and_
         standby = other(leader)
         pair.procs[leader].kill()
         taken = await pair.wait_streaming(standby, within=LEASE + ZOMBIE + 5)
-        assert LEASE - RETRY * 2.2 <= taken <= LEASE + RETRY * 2.2 + ZOMBIE + 1.5
-        assert pair.timeline.most == 1  # the dead leader's zombie slot was never doubled
+        # The lease expires first; then the dead stream's slot is still held (406) until the zombie
+        # hold ends: the standby waits that out on the fallback, never holding a second connection.
+        assert ZOMBIE <= taken <= ZOMBIE + 1.5
+        assert pair.alpaca.stats.errors_sent[406] >= 1
+        assert pair.timeline.most == 1
         assert [c.holder for c in pair.api.holders(NAMESPACE, LEASE_NAME)] == [leader, standby]
 
 
@@ -85,7 +88,7 @@ async def test_a_leader_cut_off_from_the_api_steps_down_before_its_lease_expires
         assert closed_at < change.at
         assert DEADLINE - RETRY - 0.2 <= closed_at - cut <= DEADLINE + 0.5
         assert taken <= LEASE + RETRY * 2.2 + 1.5
-        assert pair.alpaca.stats.rejected[406] == 0
+        assert pair.alpaca.stats.errors_sent[406] == 0
         assert pair.timeline.most == 1
         assert await pair.metric(leader, "alpaca_exporter_leader") == 0.0
         assert await pair.metric(leader, "alpaca_exporter_leader_transitions_total") == 2.0
