@@ -29,6 +29,7 @@ from exporter import __version__
 from exporter.core.clock import Clock
 from exporter.core.events import Event, PrimaryData, Tick
 from exporter.core.router import BreakerTripped, Core, CoreConfig, PrimaryStale, State, Transition
+from exporter.feeds import FEEDS
 from exporter.logs import add_secrets, configure_logging, install_excepthook
 from exporter.metrics import build_registry, render_metrics
 from exporter.settings import ConfigError, Settings
@@ -83,6 +84,7 @@ def alpaca_config(settings: Settings) -> AlpacaClientConfig:
         symbols=tuple(settings.symbols),
         channels=tuple(settings.alpaca_channels),
         encoding=settings.alpaca_encoding,
+        family=FEEDS[settings.alpaca_feed].family,
         open_timeout=settings.alpaca_handshake_timeout_seconds,
         step_timeout=settings.alpaca_handshake_timeout_seconds,
         ping_interval=settings.alpaca_ping_interval_seconds,
