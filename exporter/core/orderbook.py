@@ -24,7 +24,6 @@ Pure data, no I/O; the best prices are kept incrementally (a full scan only when
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Sequence
 from typing import Final
@@ -71,10 +70,9 @@ def _apply_side(side: dict[float, float], levels: Sequence[BookLevel], best: flo
         elif side.pop(p, None) is not None and p == best:
             rescan = True
     if len(side) > _TRIM_AT:
-        keep = heapq.nlargest(MAX_LEVELS, side) if bids else heapq.nsmallest(MAX_LEVELS, side)
-        kept = {p: side[p] for p in keep}
-        side.clear()
-        side.update(kept)
+        ordered = sorted(side)  # one C sort per MAX_LEVELS / 4 insertions past the cap
+        for p in ordered[: len(side) - MAX_LEVELS] if bids else ordered[MAX_LEVELS:]:
+            del side[p]
     if rescan:
         best = (max(side) if bids else min(side)) if side else (-math.inf if bids else math.inf)
     return best
