@@ -86,6 +86,7 @@ def alpaca_config(settings: Settings) -> AlpacaClientConfig:
         symbols=tuple(settings.symbols),
         channels=tuple(settings.alpaca_channels),
         encoding=settings.alpaca_encoding,
+        family=FEEDS[settings.alpaca_feed].family,
         open_timeout=settings.alpaca_handshake_timeout_seconds,
         step_timeout=settings.alpaca_handshake_timeout_seconds,
         ping_interval=settings.alpaca_ping_interval_seconds,

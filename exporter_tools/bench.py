@@ -14,6 +14,10 @@ Contenders (throughput: the same pre-generated feed, streamed as fast as the con
 - ``sdk_default`` / ``sdk_raw``: alpaca-py's ``StockDataStream`` with a no-op handler, parsed models
   and ``raw_data=True``.
 
+The crypto run (``crypto_exporter_msgpack`` vs ``crypto_sdk_raw``, alpaca-py's ``CryptoDataStream`` with
+``raw_data=True``) streams a crypto feed on the crypto path: one order book snapshot per pair, then trades
+(fractional sizes, taker sides) and order book deltas (levels set and removed), msgpack.
+
 Contenders run interleaved (rotated each repetition); every ratio is taken within one repetition and
 the table shows medians. Then: scrape cost at 50/500/5,000 symbols (render CPU of our renderer and of
 the client library's generic ``generate_latest``, HTTP round trip, body size) and per-message latency
@@ -68,6 +72,10 @@ EXPORTER_CONTENDERS = (
 )
 SDK_CONTENDERS = ("sdk_raw", "sdk_default")
 CONTENDERS = EXPORTER_CONTENDERS + SDK_CONTENDERS
+CRYPTO_CONTENDERS = ("crypto_exporter_msgpack", "crypto_sdk_raw")
+CRYPTO_PATH = "/v1beta3/crypto/us"
+CRYPTO_PAIRS = 50
+CRYPTO_TRADE_SHARE = 0.3  # the rest are order book deltas, the bulk of a crypto stream
 
 # The issue's targets, as (description, ratio/limit) pairs checked in ``_targets``.
 TARGETS = {
@@ -93,6 +101,7 @@ class Plan:
     worker_timeout: float
     quick: bool
     contenders: tuple[str, ...] = CONTENDERS
+    crypto_messages: int = 0  # 0: no crypto run
 
 
 def plan_for(quick: bool) -> Plan:
@@ -105,6 +114,7 @@ def plan_for(quick: bool) -> Plan:
             latency_messages=2_000,
             worker_timeout=60.0,
             quick=True,
+            crypto_messages=2_000,
         )
     return Plan(
         n_messages=500_000,
@@ -114,6 +124,7 @@ def plan_for(quick: bool) -> Plan:
         latency_messages=200_000,
         worker_timeout=300.0,
         quick=False,
+        crypto_messages=300_000,
     )
 
 
@@ -125,6 +136,78 @@ def bench_symbols(n: int) -> list[str]:
     while len(out) < n:
         out["".join(rng.choice(letters) for _ in range(rng.choice((3, 4, 4, 4))))] = None
     return list(out)
+
+
+def crypto_pairs(n: int) -> list[str]:
+    """``n`` distinct crypto pairs against USD (deterministic): ``ABC/USD``."""
+    return [f"{base}/USD" for base in bench_symbols(n)]
+
+
+@dataclass(frozen=True)
+class CryptoFeed:
+    frames: list[str | bytes]
+    messages: int
+    counts: dict[str, int]
+
+
+def generate_crypto_feed(
+    pairs: Sequence[str], n_messages: int, *, batch: int = BATCH, seed: int = 0, start_ns: int
+) -> CryptoFeed:
+    """A pre-encoded msgpack crypto feed: one 20-level snapshot per pair, then ``n_messages`` trades and order
+    book deltas (1 to 3 levels: half new sizes of held levels, a quarter removals, a quarter new levels, so
+    the books keep about their depth) in frames of ``batch``. Each pair's book stays
+    sound (bids below its mid, asks above) and its trades stay near the mid: nothing is rejected."""
+    import msgspec
+
+    # Encoded here rather than with the simulator's encode(), which reads any integer under "r" (a
+    # trade's receive time on stocks) as a timestamp, the order book's reset flag included.
+    from exporter.sim.alpaca_codec import msgpack_timestamp
+
+    rng = random.Random(seed)
+    mids = {pair: round(10.0 + rng.random() * 50_000.0, 2) for pair in pairs}
+    held: dict[tuple[str, str], list[float]] = {(pair, side): [] for pair in pairs for side in ("b", "a")}
+
+    def level(pair: str, side: str) -> dict[str, float]:
+        mid = mids[pair]
+        offset = mid * (0.0001 + rng.random() * 0.01)
+        price = round(mid - offset if side == "b" else mid + offset, 2)
+        held[pair, side].append(price)
+        return {"p": price, "s": round(rng.random() * 5.0, 6)}
+
+    items: list[dict[str, Any]] = []
+    counts = {"t": 0, "o": 0}
+    for pair in pairs:
+        book = {side: [level(pair, side) for _ in range(20)] for side in ("b", "a")}
+        items.append({"T": "o", "S": pair, "t": msgpack_timestamp(start_ns), **book, "r": True})
+        counts["o"] += 1
+    ids = dict.fromkeys(pairs, 0)
+    for k in range(n_messages):
+        pair = pairs[rng.randrange(len(pairs))]
+        t = msgpack_timestamp(start_ns + (k + 1) * 1000 + rng.randrange(1000))
+        if rng.random() < CRYPTO_TRADE_SHARE:
+            ids[pair] += 1
+            price = round(mids[pair] * (1.0 + rng.uniform(-0.001, 0.001)), 2)
+            size = round(rng.random() * 2.0, 8)
+            tks = "B" if rng.random() < 0.5 else "S"
+            items.append({"T": "t", "S": pair, "p": price, "s": size, "t": t, "i": ids[pair], "tks": tks})
+            counts["t"] += 1
+        else:
+            delta: dict[str, list[dict[str, float]]] = {"b": [], "a": []}
+            for _ in range(1 + rng.randrange(3)):
+                side = "b" if rng.random() < 0.5 else "a"
+                known = held[pair, side]
+                roll = rng.random()
+                if known and roll < 0.5:  # a level's new size
+                    delta[side].append({"p": rng.choice(known), "s": round(rng.random() * 5.0, 6)})
+                elif known and roll < 0.75:  # a level removed
+                    delta[side].append({"p": known.pop(rng.randrange(len(known))), "s": 0.0})
+                else:  # a new level
+                    delta[side].append(level(pair, side))
+            items.append({"T": "o", "S": pair, "t": t, **delta, "r": False})
+            counts["o"] += 1
+    encode = msgspec.msgpack.Encoder().encode
+    frames: list[str | bytes] = [encode(items[i : i + batch]) for i in range(0, len(items), batch)]
+    return CryptoFeed(frames, len(items), counts)
 
 
 # ==================================================================================================
@@ -199,7 +282,8 @@ async def _exporter_worker(spec: dict[str, Any]) -> None:
         apca_api_secret_key=SECRET,
         symbols=",".join(symbols),
         alpaca_url=spec["url"],
-        alpaca_channels="trades,quotes",
+        alpaca_feed=spec.get("feed", "iex"),
+        alpaca_channels=spec.get("channels", "trades,quotes"),
         alpaca_encoding=spec["encoding"],
         yahoo_enabled=False,
         stale_after_seconds=0,
@@ -364,9 +448,15 @@ async def _measure_scrapes(daemon: Any, renders: int) -> dict[str, Any]:
 
 
 async def _sdk_worker(spec: dict[str, Any]) -> None:
+    from alpaca.data.live.crypto import CryptoDataStream
     from alpaca.data.live.stock import StockDataStream
 
-    stream = StockDataStream(KEY, SECRET, raw_data=spec["raw"], url_override=spec["url"])
+    crypto = spec.get("feed") == "crypto"
+    stream: StockDataStream | CryptoDataStream
+    if crypto:
+        stream = CryptoDataStream(KEY, SECRET, raw_data=spec["raw"], url_override=spec["url"])
+    else:
+        stream = StockDataStream(KEY, SECRET, raw_data=spec["raw"], url_override=spec["url"])
     meter = _Meter(spec["expected"])
     monotonic = time.monotonic
 
@@ -379,7 +469,10 @@ async def _sdk_worker(spec: dict[str, Any]) -> None:
             meter.done.set()
 
     stream.subscribe_trades(on_message, *spec["symbols"])
-    stream.subscribe_quotes(on_message, *spec["symbols"])
+    if isinstance(stream, CryptoDataStream):
+        stream.subscribe_orderbooks(on_message, *spec["symbols"])
+    else:
+        stream.subscribe_quotes(on_message, *spec["symbols"])
     task = asyncio.create_task(stream._run_forever())
     _say(ready=True, port=None)
     async with asyncio.timeout(spec["timeout"]):
@@ -523,7 +616,31 @@ class Driver:
                     f"rep {rep + 1}/{plan.repetitions} latency at {max_rate / 2:,.0f} msg/s: processing p50 "
                     f"{r['processing_us']['p50']:.2f} µs p99 {r['processing_us']['p99']:.2f} µs"
                 )
+            if plan.crypto_messages:
+                await self._crypto_runs(runs)
         return summarise(plan, runs, feeds, max_rate)
+
+    async def _crypto_runs(self, runs: list[Run]) -> None:
+        plan = self.plan
+        pairs = crypto_pairs(CRYPTO_PAIRS)
+        feed = generate_crypto_feed(pairs, plan.crypto_messages, seed=17, start_ns=self.feed_start_ns)
+        for rep in range(plan.repetitions):
+            names = CRYPTO_CONTENDERS
+            for contender in names[rep % len(names) :] + names[: rep % len(names)]:
+                common = {"path": CRYPTO_PATH, "feed": "crypto", "channel": "orderbooks"}
+                if contender == "crypto_sdk_raw":
+                    spec = self._spec("sdk", pairs, feed.messages, raw=True, **common)
+                else:
+                    spec = self._spec(
+                        "exporter", pairs, feed.messages, encoding="msgpack", channels="trades,orderbooks", **common
+                    )
+                result, _ = await self._consume(spec, feed.frames)
+                result["feed_counts"] = feed.counts
+                runs.append(Run(contender, rep, result))
+                self.log(
+                    f"rep {rep + 1}/{plan.repetitions} {contender:28s} "
+                    f"{result['rate']:>10,.0f} msg/s  rss {result['rss_mib']:.1f} MiB"
+                )
 
     # ---- one worker ----------------------------------------------------------------------------
     async def _spawn(self, spec: dict[str, Any]) -> _Worker:
@@ -539,15 +656,13 @@ class Driver:
         )
         return _Worker(proc)
 
-    async def _subscribed(self, symbols: Sequence[str]) -> None:
+    async def _subscribed(self, symbols: Sequence[str], channel: str) -> None:
         sim = self.sim
         wanted = set(symbols)
 
         def ready() -> bool:
             sessions = sim.sessions
-            return (
-                len(sessions) == 1 and sessions[0].authenticated and set(sessions[0].subs.get("quotes", {})) == wanted
-            )
+            return len(sessions) == 1 and sessions[0].authenticated and set(sessions[0].subs.get(channel, {})) == wanted
 
         async with asyncio.timeout(60):
             await sim.wait_until(ready)
@@ -573,7 +688,7 @@ class Driver:
         scrapes: list[dict[str, float]] = []
         try:
             ready = await worker.message(60)
-            await self._subscribed(spec["symbols"])
+            await self._subscribed(spec["symbols"], spec["channel"])
             sender = asyncio.create_task(self._send(frames, pace))
             scraper = asyncio.create_task(self._scraper(ready["port"], scrapes)) if scrape else None
             answer = await worker.message(self.plan.worker_timeout)
@@ -624,10 +739,13 @@ class Driver:
                 await asyncio.sleep(max(0.0, SCRAPE_INTERVAL_S - took))
 
     # ---- the three kinds of run ----------------------------------------------------------------
-    def _spec(self, kind: str, symbols: Sequence[str], expected: int, **extra: Any) -> dict[str, Any]:
+    def _spec(
+        self, kind: str, symbols: Sequence[str], expected: int, *, path: str = "/v2/iex", **extra: Any
+    ) -> dict[str, Any]:
         return {
             "kind": kind,
-            "url": self.sim.url("/v2/iex"),
+            "url": self.sim.url(path),
+            "channel": "quotes",  # the last one subscribed: the driver starts the feed once it is
             "symbols": list(symbols),
             "expected": expected,
             "timeout": self.plan.worker_timeout,
@@ -758,6 +876,28 @@ def summarise(plan: Plan, runs: list[Run], feeds: dict[str, Any], max_rate: floa
         "scrape": scrape,
         "latency": latency,
     }
+    crypto_runs = {name: by.get(name, []) for name in CRYPTO_CONTENDERS}
+    if any(crypto_runs.values()):
+        crypto_rates = {name: per_rep(name, "rate") for name in CRYPTO_CONTENDERS}
+        ours, theirs = crypto_rates["crypto_exporter_msgpack"], crypto_rates["crypto_sdk_raw"]
+        per_rep_ratio = [ours[k] / theirs[k] for k in sorted(ours) if k in theirs and theirs[k] > 0]
+        exporter_runs = crypto_runs["crypto_exporter_msgpack"]
+        summary["crypto"] = {
+            "pairs": CRYPTO_PAIRS,
+            "messages_per_feed": plan.crypto_messages + CRYPTO_PAIRS,
+            "feed_counts": next((r.result["feed_counts"] for runs_ in crypto_runs.values() for r in runs_), {}),
+            "contenders": {
+                name: {
+                    "rate_median": _median([r.result["rate"] for r in rs]),
+                    "rates": [r.result["rate"] for r in rs],
+                    "rss_mib_median": _median([r.result["rss_mib"] for r in rs]),
+                }
+                for name, rs in crypto_runs.items()
+            },
+            "exporter_vs_sdk_raw": {"median": _median(per_rep_ratio), "per_repetition": per_rep_ratio},
+            "accounting": exporter_runs[-1].result.get("accounting") if exporter_runs else None,
+            "rejected": exporter_runs[-1].result.get("rejected") if exporter_runs else None,
+        }
     summary["targets"] = _targets(summary)
     return summary
 
@@ -810,6 +950,8 @@ LABELS = {
     "exporter_msgpack_scraped": "exporter, msgpack, scraped 1/s",
     "sdk_raw": "alpaca-py raw_data=True",
     "sdk_default": "alpaca-py default (models)",
+    "crypto_exporter_msgpack": "exporter, crypto, msgpack",
+    "crypto_sdk_raw": "alpaca-py CryptoDataStream raw_data=True",
 }
 
 
@@ -848,6 +990,20 @@ def render_table(s: dict[str, Any]) -> str:
                 f"| {e['openmetrics']['cpu_ms']:.2f} | {e['generic_text']['cpu_ms']:.2f} "
                 f"| {e['generic_openmetrics']['cpu_ms']:.2f} | {e['http_ms']:.2f} |"
             )
+    if "crypto" in s:
+        cr = s["crypto"]
+        counts = cr["feed_counts"]
+        lines += [
+            "",
+            f"Crypto ({cr['pairs']} pairs, {cr['messages_per_feed']:,} messages: {counts.get('t', 0):,} trades, "
+            f"{counts.get('o', 0):,} order book updates incl. one snapshot per pair; msgpack):",
+            "",
+            "| contender | msgs/s (median) | × alpaca-py raw | RSS MiB (end) |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, c_ in cr["contenders"].items():
+            per_raw = cr["exporter_vs_sdk_raw"]["median"] if name == "crypto_exporter_msgpack" else 1.0
+            lines.append(f"| {LABELS[name]} | {c_['rate_median']:,.0f} | {per_raw:.2f} | {c_['rss_mib_median']:.1f} |")
     lat = s["latency"]
     lines += [
         "",

@@ -60,7 +60,7 @@ GAP_BUCKETS = [1, 5, 15, 30, 60, 120, 300, 900, 1800, math.inf]
 CONN_STATES = {"Disconnected", "Connecting", "Authenticating", "Connected"}
 MESSAGE_TYPES = {
     "trade", "quote", "bar", "updated_bar", "daily_bar", "status", "luld",
-    "correction", "cancel_error", "imbalance", "control", "unknown",
+    "correction", "cancel_error", "imbalance", "orderbook", "control", "unknown",
 }  # fmt: skip
 ERROR_TYPES = {
     "connection_failed", "connection_lost", "auth_failed", "auth_timeout", "not_authenticated",

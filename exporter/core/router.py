@@ -82,6 +82,8 @@ class Core:
         elif cls is PrimaryConnection:
             assert isinstance(event, PrimaryConnection)
             self.health.connection(event)
+            if event.state != "Connected":
+                self.ingest.primary_lost()
         elif cls is PrimaryAuthenticated:
             assert isinstance(event, PrimaryAuthenticated)
             self.health.authenticated = event.ok

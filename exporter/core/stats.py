@@ -77,6 +77,7 @@ MESSAGE_TYPES = (
     "correction",
     "cancel_error",
     "imbalance",
+    "orderbook",
     "control",
     "unknown",
 )
@@ -98,7 +99,11 @@ OTHER_SYMBOL = "__other__"
 
 # Message kinds (indexes into MESSAGE_TYPES) whose routed messages are observed in the latency histogram:
 # those that carry an event time. Bars carry the start of their interval; control and unknown no time.
-TIMED_KINDS = tuple(K[name] for name in ("trade", "quote", "status", "luld", "correction", "cancel_error", "imbalance"))
+# The hot path (ingest.py) tests "timed" as ``k < 2 or k > 4``: the untimed bars are 2..4 and control
+# and unknown never reach that test.
+TIMED_KINDS = tuple(
+    K[name] for name in ("trade", "quote", "status", "luld", "correction", "cancel_error", "imbalance", "orderbook")
+)
 
 
 class SymbolSeries:

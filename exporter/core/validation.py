@@ -16,6 +16,7 @@ from exporter.core.messages import (
     Correction,
     Imbalance,
     Luld,
+    Orderbook,
     Quote,
     Trade,
     TradingStatus,
@@ -78,6 +79,19 @@ def check_other(
         return "invalid_price" if bad_price(m.p) else "invalid_size"
     if isinstance(m, Imbalance) and not (0.0 <= m.p < _INF):
         return "invalid_price"
+    return check_time((wall - m.t).total_seconds(), 0.0, skew_s, check_age=False)
+
+
+def check_orderbook(m: Orderbook, wall: datetime, skew_s: float) -> str | None:
+    """Every level must be applicable: a positive finite price, a finite size >= 0 (0 removes the level).
+    Only a future timestamp is judged: a snapshot carries the time of the book's last change, which may
+    be long ago on a quiet pair. Whether the book is crossed is judged after applying it (orderbook.py)."""
+    for side in (m.b, m.a):
+        for level in side:  # bad_price and the size check inline: deltas are most of a crypto stream
+            if not (0.0 < level.p < _INF):
+                return "invalid_price"
+            if not (0.0 <= level.s < _INF):
+                return "invalid_size"
     return check_time((wall - m.t).total_seconds(), 0.0, skew_s, check_age=False)
 
 

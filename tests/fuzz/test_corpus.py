@@ -35,11 +35,12 @@ DEEP: dict[str, str | bytes] = {
 }
 
 
+@pytest.mark.parametrize("family", ["stocks", "crypto", "options"])
 @pytest.mark.parametrize("case", sorted(DEEP))
-def test_deeply_nested_frame_is_a_decode_error(case: str) -> None:
+def test_deeply_nested_frame_is_a_decode_error(case: str, family: Any) -> None:
     encoding: Any = "msgpack" if case == "msgpack" else "json"
     with pytest.raises(FrameDecodeError, match="nested too deeply"):
-        decode_frame(DEEP[case], encoding)
+        decode_frame(DEEP[case], encoding, family)
 
 
 def test_invalid_utf8_in_msgpack_string_spoils_only_its_item() -> None:

@@ -18,23 +18,32 @@ from prometheus_client import generate_latest
 
 from exporter.metrics import build_registry
 from exporter.settings import ConfigError, env_name, load_settings
-from tests.support.fuzz import NOW_NS, SECRETISH, check_core, check_decoded, frames, healthy_core, settings_values
+from tests.support.fuzz import (
+    NOW_NS,
+    SECRETISH,
+    check_core,
+    check_decoded,
+    families,
+    frames,
+    healthy_core,
+    settings_values,
+)
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
 @FUZZ
-@given(frames())
-def test_decoder_only_raises_frame_decode_error(frame: tuple[str | bytes, str]) -> None:
-    check_decoded(*frame)
+@given(frames(), families)
+def test_decoder_only_raises_frame_decode_error(frame: tuple[str | bytes, str], family: str) -> None:
+    check_decoded(*frame, family)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
-@given(st.lists(frames(), min_size=1, max_size=5))
-def test_core_accounting_survives_any_decoded_frames(sequence: list[tuple[str | bytes, str]]) -> None:
+@given(st.lists(frames(), min_size=1, max_size=5), families)
+def test_core_accounting_survives_any_decoded_frames(sequence: list[tuple[str | bytes, str]], family: str) -> None:
     core = healthy_core(max_series=8)  # a small label cap, so random symbols hit it
     for frame, encoding in sequence:
-        check_core(core, check_decoded(frame, encoding))
+        check_core(core, check_decoded(frame, encoding, family))
     # The exposition still renders whatever went through.
     text = generate_latest(build_registry(core, lambda: (0, 0))).decode()
     assert "alpaca_messages_received_total" in text

@@ -18,6 +18,7 @@ from exporter.core.messages import (
     Imbalance,
     Luld,
     Malformed,
+    Orderbook,
     Quote,
     Trade,
     TradingStatus,
@@ -65,6 +66,10 @@ t_ns = st.one_of(
 )
 
 
+book_side = st.lists(st.fixed_dictionaries({"p": price, "s": price | size}), max_size=4)
+families = st.sampled_from(["stocks", "crypto", "options"])
+
+
 def _item(kind: str) -> st.SearchStrategy[dict[str, Any]]:
     base: dict[str, st.SearchStrategy[Any]] = {"T": st.just(kind), "S": symbol, "t": t_ns}
     fields: dict[str, dict[str, st.SearchStrategy[Any]]] = {
@@ -73,7 +78,8 @@ def _item(kind: str) -> st.SearchStrategy[dict[str, Any]]:
             "s": size,
             "i": st.integers(0, 2**40),
             "x": st.text(max_size=2),
-            "c": st.lists(st.text(max_size=2), max_size=3),
+            "c": st.lists(st.text(max_size=2), max_size=3) | st.text(max_size=2),  # stocks | options
+            "tks": st.sampled_from(["B", "S", "-", ""]),  # crypto
         },
         "q": {"bp": price, "ap": price, "bs": size, "as": size, "bx": st.text(max_size=2), "ax": st.text(max_size=2)},
         "b": {"o": price, "h": price, "l": price, "c": price, "v": size},
@@ -91,11 +97,12 @@ def _item(kind: str) -> st.SearchStrategy[dict[str, Any]]:
         },
         "x": {"i": st.integers(0, 2**40), "p": price, "s": size, "a": st.text(max_size=2)},
         "i": {"p": price},
+        "o": {"b": book_side, "a": book_side, "r": st.booleans()},
     }
     return st.fixed_dictionaries({**base, **fields[kind]})
 
 
-valid_item = st.one_of(*(_item(k) for k in "tqbudslcxi"))
+valid_item = st.one_of(*(_item(k) for k in "tqbudslcxio"))
 control_item = st.one_of(
     st.fixed_dictionaries({"T": st.just("success"), "msg": st.sampled_from(["connected", "authenticated"])}),
     st.fixed_dictionaries({"T": st.just("error"), "code": st.integers(100, 999), "msg": st.text(max_size=20)}),
@@ -206,13 +213,13 @@ SETTING_FIELDS = (
 settings_values = st.dictionaries(st.sampled_from(SETTING_FIELDS), setting_text, min_size=1, max_size=6)
 
 
-TIMED = (Trade, Quote, Bar, TradingStatus, Luld, Correction, CancelError, Imbalance)
+TIMED = (Trade, Quote, Bar, TradingStatus, Luld, Correction, CancelError, Imbalance, Orderbook)
 
 
-def check_decoded(frame: str | bytes, encoding: Any) -> list[Any]:
-    """Decode; the only exception allowed is FrameDecodeError. Returns the data messages."""
+def check_decoded(frame: str | bytes, encoding: Any, family: Any = "stocks") -> list[Any]:
+    """Decode as the family's feed; the only exception allowed is FrameDecodeError. Returns the data messages."""
     try:
-        decoded = decode_frame(frame, encoding)
+        decoded = decode_frame(frame, encoding, family)
     except FrameDecodeError as exc:
         detail = str(exc)
         assert len(detail) < 1000  # a bounded message for the log line

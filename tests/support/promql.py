@@ -150,7 +150,7 @@ CONNECTION_STATES = ("Disconnected", "Connecting", "Authenticating", "Connected"
 ROUTER_STATES = ("PRIMARY_ACTIVE", "FALLBACK_ACTIVE", "BOTH_UNAVAILABLE")
 MESSAGE_TYPES = (
     "trade", "quote", "bar", "updated_bar", "daily_bar", "status", "luld", "correction",
-    "cancel_error", "imbalance", "control", "unknown",
+    "cancel_error", "imbalance", "orderbook", "control", "unknown",
 )  # fmt: skip
 ALPACA_ERRORS = (
     "connection_failed", "connection_lost", "auth_failed", "auth_timeout", "not_authenticated",

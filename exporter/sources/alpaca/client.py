@@ -75,6 +75,7 @@ from exporter.core.events import (
     PrimarySubscribed,
     SubscriptionStatus,
 )
+from exporter.feeds import Family
 from exporter.sources.alpaca import protocol
 from exporter.sources.alpaca.codec import (
     BadControl,
@@ -84,7 +85,7 @@ from exporter.sources.alpaca.codec import (
     FrameDecodeError,
     SubscriptionAck,
     Success,
-    decode_frame,
+    frame_decoder,
 )
 from exporter.sources.alpaca.protocol import Policy
 from exporter.sources.backoff import Backoff, Jitter
@@ -125,6 +126,7 @@ class AlpacaClientConfig:
     symbols: tuple[str, ...]
     channels: tuple[str, ...] = ("trades",)
     encoding: Encoding = "msgpack"
+    family: Family = "stocks"  # the feed's message shapes (exporter.feeds): which codec decodes its frames
     open_timeout: float = 5.0  # each of: the DNS lookup, the TCP connect, the TLS handshake + upgrade
     step_timeout: float = 5.0  # each of: `connected`, the auth reply, the subscription ack
     ping_interval: float = 10.0
@@ -213,6 +215,7 @@ class AlpacaClient:
         timers: Timers | None = None,
     ) -> None:
         self.config = config
+        self._decode = frame_decoder(config.family, config.encoding)
         self._emit_callback = emit
         self._timers = timers = timers or LoopTimers()
         self._clock = timers.monotonic
@@ -598,7 +601,7 @@ class AlpacaClient:
         """Decode one frame, emit its data and control count; return its control items."""
         self._last_frame_at = received_at = self._clock()
         try:
-            decoded = decode_frame(frame, self.config.encoding)
+            decoded = self._decode(frame)
         except FrameDecodeError as exc:
             self._decode_error(str(exc))
             return []

@@ -18,6 +18,12 @@ How it decodes (measured; docs/performance.md):
 Integers are accepted where floats are expected (msgspec does this natively); unknown keys are
 ignored. Fields are otherwise strict: a float where an int is expected, or ``null`` in a typed field,
 makes that item ``Malformed``.
+
+Families: stocks, crypto and options reuse tags with different shapes (crypto's fractional sizes, the
+options' single-character conditions; ``c`` is a stock correction, ``o`` a crypto order book), so a
+codec is one (family, encoding) pair with its own typed union, built once (``frame_decoder``). A tag of
+another family is ``Unknown`` on this one. The stocks decoders are exactly the single-family ones of
+before: the family costs nothing per frame.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from exporter.core import messages as m
+from exporter.feeds import Family
 
 Encoding = Literal["json", "msgpack"]
 
@@ -67,6 +74,7 @@ class SubscriptionAck(msgspec.Struct, tag_field="T", tag="subscription", gc=Fals
     corrections: list[str] = []
     cancelErrors: list[str] = []
     imbalances: list[str] = []
+    orderbooks: list[str] = []  # crypto
 
     def channels(self) -> dict[str, frozenset[str]]:
         """Channel name → confirmed symbols, for every channel key of the ack."""
@@ -95,10 +103,18 @@ class DecodedFrame:
 # --------------------------------------------------------------------------------------------------
 # Data types
 
-DATA_TAGS: Final[frozenset[str]] = frozenset(m.TYPE_LABELS)
 CONTROL_TAGS: Final[frozenset[str]] = frozenset({"success", "error", "subscription"})
 _CONTROL_TYPES: Final[frozenset[type]] = frozenset({Success, ErrorMessage, SubscriptionAck})
-_ITEM_TYPE: Final[Any] = m.DataMessage | Success | ErrorMessage | SubscriptionAck
+FAMILY_MESSAGES: Final[dict[Family, Any]] = {
+    "stocks": m.STOCK_MESSAGES,
+    "crypto": m.CRYPTO_MESSAGES,
+    "options": m.OPTION_MESSAGES,
+}
+
+
+def data_tags(family: Family) -> frozenset[str]:
+    """The ``T`` values of the family's data types (an item with another ``T`` is ``Unknown``)."""
+    return frozenset(cls.__struct_config__.tag for cls in FAMILY_MESSAGES[family].__args__)
 
 
 class _Probe(msgspec.Struct, gc=False):
@@ -109,12 +125,14 @@ class _Probe(msgspec.Struct, gc=False):
 
 
 class _Codec:
-    """The decoders of one wire encoding."""
+    """The decoders of one family's messages in one wire encoding."""
 
-    def __init__(self, encoding: Encoding) -> None:
+    def __init__(self, encoding: Encoding, family: Family) -> None:
         lib: Any = msgspec.json if encoding == "json" else msgspec.msgpack
-        self.frame: Callable[[Any], list[Any]] = lib.Decoder(list[_ITEM_TYPE]).decode
-        self.item: Callable[[Any], Any] = lib.Decoder(_ITEM_TYPE).decode
+        item_type: Any = FAMILY_MESSAGES[family] | Success | ErrorMessage | SubscriptionAck
+        self.data_tags = data_tags(family)
+        self.frame: Callable[[Any], list[Any]] = lib.Decoder(list[item_type]).decode
+        self.item: Callable[[Any], Any] = lib.Decoder(item_type).decode
         self.raw_items: Callable[[Any], list[msgspec.Raw]] = lib.Decoder(list[msgspec.Raw]).decode
         self.probe: Callable[[Any], _Probe] = lib.Decoder(_Probe).decode
 
@@ -156,7 +174,7 @@ class _Codec:
         tag, symbol = probe.T, probe.S if isinstance(probe.S, str) else ""
         if not isinstance(tag, str):
             controls.append(BadControl(T="", detail="item without a string T"))
-        elif tag in DATA_TAGS:
+        elif tag in self.data_tags:
             messages.append(m.Malformed(T=tag, S=symbol, detail=detail))
         elif tag in CONTROL_TAGS:
             controls.append(BadControl(T=tag, detail=detail))
@@ -164,26 +182,43 @@ class _Codec:
             messages.append(m.Unknown(T=tag, S=symbol))
 
 
-_CODECS: Final[dict[str, _Codec]] = {"json": _Codec("json"), "msgpack": _Codec("msgpack")}
+_CODECS: Final[dict[tuple[Family, Encoding], _Codec]] = {
+    (family, encoding): _Codec(encoding, family) for family in FAMILY_MESSAGES for encoding in ("json", "msgpack")
+}
 
 
-def decode_json(data: bytes | str) -> DecodedFrame:
+def decode_json(data: bytes | str, family: Family = "stocks") -> DecodedFrame:
     """Decode one JSON (text) frame. Raises ``FrameDecodeError`` if it is not an array of items."""
-    return _CODECS["json"].decode(data)
+    return _CODECS[family, "json"].decode(data)
 
 
-def decode_msgpack(data: bytes) -> DecodedFrame:
+def decode_msgpack(data: bytes, family: Family = "stocks") -> DecodedFrame:
     """Decode one msgpack (binary) frame. Raises ``FrameDecodeError`` if it is not an array of items."""
-    return _CODECS["msgpack"].decode(data)
+    return _CODECS[family, "msgpack"].decode(data)
 
 
-def decode_frame(data: bytes | str, encoding: Encoding) -> DecodedFrame:
-    """Decode a frame as received: text frames are JSON; binary frames use the negotiated encoding."""
-    codec = _CODECS["json"] if isinstance(data, str) or encoding == "json" else _CODECS["msgpack"]
-    try:
-        return codec.decode(data)
-    except RecursionError:
-        # msgspec raises this for values nested thousands deep, and UnicodeDecodeError (caught above) for
-        # invalid UTF-8 in a msgpack string (both found by tests/fuzz): a broken frame, not a bug of ours,
-        # so it counts as a decode error instead of ending the connection as an internal error.
-        raise FrameDecodeError("undecodable frame: nested too deeply") from None
+def frame_decoder(family: Family, encoding: Encoding) -> Callable[[bytes | str], DecodedFrame]:
+    """The frame decoder of one connection, chosen once: text frames are JSON, binary frames use the
+    negotiated encoding. Its calls raise ``FrameDecodeError`` for a frame that is not an array of items."""
+    text = _CODECS[family, "json"]
+    binary = _CODECS[family, encoding]
+
+    def decode(data: bytes | str) -> DecodedFrame:
+        try:
+            return (text if isinstance(data, str) else binary).decode(data)
+        except RecursionError:
+            # msgspec raises this for values nested thousands deep, and UnicodeDecodeError (caught in
+            # _Codec) for invalid UTF-8 in a msgpack string (both found by tests/fuzz): a broken frame, not
+            # a bug of ours, so it counts as a decode error instead of ending the connection as an
+            # internal error.
+            raise FrameDecodeError("undecodable frame: nested too deeply") from None
+
+    return decode
+
+
+_DECODERS: Final = {key: frame_decoder(*key) for key in _CODECS}
+
+
+def decode_frame(data: bytes | str, encoding: Encoding, family: Family = "stocks") -> DecodedFrame:
+    """Decode a frame as received (``frame_decoder``'s rules), for a caller without a decoder of its own."""
+    return _DECODERS[family, encoding](data)

@@ -389,7 +389,7 @@ def test_control_messages(encoding: codec.Encoding) -> None:
             "dailyBars": ["SPY"],
             "corrections": ["AAPL"],
             "cancelErrors": ["AAPL"],
-            "orderbooks": [],  # a key we don't know: ignored
+            "news": [],  # a key we don't know: ignored
         },
     ]
     frame = _json(items) if encoding == "json" else _msgpack(items)
