@@ -7,18 +7,12 @@ scripted scenario needs ~50 s to pass through a failover, a failback and a total
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support.prometheus import PrometheusServer, free_port, running_prometheus
-from tests.support.promql import RULE_FILES, all_expressions
+from tests.support.prometheus import Live, live_demo
+from tests.support.promql import all_expressions
 
 pytestmark = pytest.mark.e2e
 
@@ -79,54 +73,11 @@ RECIPES = [
 ]
 
 
-class Live:
-    def __init__(self, prom: PrometheusServer, target: str) -> None:
-        self.prom = prom
-        self.target = target
-
-    def value(self, expr: str) -> float:
-        """The first sample of an instant query (failing on an empty result)."""
-        result = self.prom.query(expr)
-        assert result, f"{expr}: empty"
-        return float(result[0]["value"][1])
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXPORTER_", "APCA_"))}
-    env.update({"EXPORTER_HOST": "127.0.0.1", "EXPORTER_LOG_FORMAT": "json"})
-    workdir = tmp_path_factory.mktemp("demo")
-    log = (workdir / "demo.log").open("wb")
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "exporter", "demo", "--port", str(port)], env=env, stdout=log, stderr=log
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert demo.poll() is None, Path(workdir / "demo.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the demo did not start"
-            time.sleep(0.1)
-        target = f"127.0.0.1:{port}"
-        with running_prometheus([target], tmp_path_factory.mktemp("prom"), rule_files=RULE_FILES) as prom:
-            prom.wait_for_targets_up(timeout=20)
-            # The scenario's total outage comes ~48 s in; by then everything has moved at least once.
-            prom.wait_for("max_over_time(datasource_router_state[5m]) == 2", timeout=90, interval=1.0)
-            time.sleep(2.0)
-            yield Live(prom, target)
-    finally:
-        demo.terminate()
-        try:
-            assert demo.wait(timeout=8) == 0  # SIGTERM: graceful, exit 0
-        finally:
-            if demo.poll() is None:
-                demo.kill()
-            log.close()
+    # The scenario's total outage comes ~48 s in; by then everything has moved at least once.
+    with live_demo(tmp_path_factory, "max_over_time(datasource_router_state[5m]) == 2") as live:
+        yield live
 
 
 def test_every_catalogue_metric_is_scraped_with_its_type_and_labels(live: Live) -> None:

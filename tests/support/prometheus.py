@@ -27,6 +27,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +37,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from tests.support.promql import RULE_FILES
 
 PROMETHEUS_BIN_ENV = "PROMETHEUS_BIN"
 JOB = "alpaca-exporter"
@@ -321,3 +324,58 @@ def running_prometheus(targets: Sequence[str], workdir: Path, **kwargs: Any) -> 
 
 
 PrometheusFactory = Callable[..., PrometheusServer]
+
+
+# ---- the demo, scraped ---------------------------------------------------------------------------
+
+
+class Live:
+    """A running demo and the Prometheus that scrapes it every second."""
+
+    def __init__(self, prom: PrometheusServer, target: str) -> None:
+        self.prom = prom
+        self.target = target
+
+    def value(self, expr: str) -> float:
+        """The first sample of an instant query (failing on an empty result)."""
+        result = self.prom.query(expr)
+        assert result, f"{expr}: empty"
+        return float(result[0]["value"][1])
+
+
+@contextlib.contextmanager
+def live_demo(tmp_path_factory: pytest.TempPathFactory, ready: str, *demo_args: str) -> Iterator[Live]:
+    """``alpaca-exporter demo [demo_args]`` scraped by a real Prometheus with the rule files loaded; yields
+    once the PromQL expression ``ready`` has a result. The demo must stop gracefully (exit 0)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EXPORTER_", "APCA_"))}
+    env.update({"EXPORTER_HOST": "127.0.0.1", "EXPORTER_LOG_FORMAT": "json"})
+    workdir = tmp_path_factory.mktemp("demo")
+    log = (workdir / "demo.log").open("wb")
+    command = [sys.executable, "-m", "exporter", "demo", "--port", str(port), *demo_args]
+    demo = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert demo.poll() is None, Path(workdir / "demo.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the demo did not start"
+            time.sleep(0.1)
+        target = f"127.0.0.1:{port}"
+        with running_prometheus([target], tmp_path_factory.mktemp("prom"), rule_files=RULE_FILES) as prom:
+            prom.wait_for_targets_up(timeout=20)
+            prom.wait_for(ready, timeout=90, interval=1.0)
+            time.sleep(2.0)
+            yield Live(prom, target)
+    finally:
+        demo.terminate()
+        try:
+            assert demo.wait(timeout=8) == 0  # SIGTERM: graceful, exit 0
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+            log.close()
