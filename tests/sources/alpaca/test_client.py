@@ -757,3 +757,82 @@ async def test_a_long_list_goes_in_messages_of_200_entries(market: Market) -> No
         assert sim.stats.client_messages["subscribe"] == 3  # 200 + 200 + 50
         assert client.status.subscribed_symbols == frozenset(symbols)
         assert rec.of(SubscriptionStatus) == [SubscriptionStatus({"trades": ()})] * 4  # three acks, the outcome
+
+
+# ------------------------------------------------------------------ crypto and options (CONTRACT section 12)
+
+PAIRS = ("BTC/USD", "ETH/USD")
+CONTRACTS = ("AAPL270115C00200000", "SPY270115P00550000")
+
+
+def _tags(received: list[m.Message]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for x in received:
+        tag = type(x).__struct_config__.tag
+        assert isinstance(tag, str)
+        counts[tag] = counts.get(tag, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+async def test_exact_counts_of_a_crypto_feed_with_order_books(encoding: Encoding) -> None:
+    feed = generate_feed(list(PAIRS), 4_000, batch=100, encoding=encoding, seed=5)
+    market = Market(list(PAIRS), seed=1)
+    config = _config(
+        AlpacaSimulator(market), encoding, symbols=PAIRS, channels=("trades", "quotes", "orderbooks"), family="crypto"
+    )
+    async with await _sim(market, feed=feed) as sim:
+        config = dataclasses.replace(config, url=sim.feed_url("crypto"))
+        async with running(config) as (_, rec):
+            async with asyncio.timeout(5.0):
+                await sim.feed_done.wait()
+            await rec.wait(lambda: len(rec.messages()) >= feed.messages, within=5.0)
+            await asyncio.sleep(0.05)
+            received = rec.messages()
+    # The feed, plus the snapshot of each book the server sends after the subscription ack.
+    assert len(received) == sim.stats.messages_sent == feed.messages + len(PAIRS) == 4_002
+    assert _tags(received) == {k: v for k, v in sim.stats.sent_by_type.items() if len(k) == 1}
+    assert _tags(received)["o"] == feed.counts["o"] + len(PAIRS)
+    assert _tags(received)["t"] == feed.counts["t"]
+    assert all(type(x) in (m.CryptoTrade, m.Orderbook) for x in received)
+    assert any(isinstance(x, m.CryptoTrade) and x.s != int(x.s) for x in received)  # fractional sizes
+    assert rec.errors() == []
+
+
+async def test_generated_crypto_and_options_streams_decode_wholly() -> None:
+    cases = (
+        ("crypto", PAIRS, ("trades", "quotes", "orderbooks", "bars"), {m.CryptoTrade, m.CryptoQuote, m.Orderbook}),
+        ("indicative", CONTRACTS, ("trades", "quotes"), {m.OptionTrade, m.OptionQuote}),
+        ("opra", CONTRACTS, ("trades", "quotes"), {m.OptionTrade, m.OptionQuote}),
+    )
+    for feed_name, symbols, channels, types in cases:
+        market = Market(list(symbols), seed=2)
+        family = "crypto" if feed_name == "crypto" else "options"
+        async with await _sim(market, rate=2_000.0, batch_size=20) as sim:
+            config = _config(sim, "msgpack", symbols=symbols, channels=channels, family=family)
+            config = dataclasses.replace(config, url=sim.feed_url(feed_name))
+            async with running(config) as (client, rec):
+                await rec.wait(lambda: len(rec.messages()) >= 400)
+                sim.set_rate(0.0)
+                await asyncio.sleep(0.3)  # the generator notices the rate change within 0.25 s
+                sent = sim.stats.messages_sent
+                await rec.wait(lambda sent=sent: len(rec.messages()) == sent)
+                received = rec.messages()
+                assert client.status.subscribed_symbols == frozenset(symbols)
+        expected = {k: v for k, v in sim.stats.sent_by_type.items() if k not in ("success", "error", "subscription")}
+        assert _tags(received) == expected, feed_name
+        assert {type(x) for x in received} <= types | {m.CryptoBar}, feed_name
+        assert types - {m.Orderbook} <= {type(x) for x in received}, feed_name
+        assert rec.errors() == [], feed_name
+
+
+async def test_options_refuse_json_with_412_and_the_client_does_not_hammer(market: Market) -> None:
+    option_market = Market(list(CONTRACTS), seed=3)
+    async with await _sim(option_market) as sim:
+        config = _config(sim, "json", symbols=CONTRACTS, family="options")
+        config = dataclasses.replace(config, url=sim.feed_url("opra"))
+        async with running(config) as (_, rec):
+            await rec.wait(lambda: "server_error" in rec.errors())
+            await asyncio.sleep(5.0)  # far less than the fatal retry period
+            assert sim.stats.errors_sent[412] == 1
+            assert rec.connected_count() == 0
