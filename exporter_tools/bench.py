@@ -143,73 +143,6 @@ def crypto_pairs(n: int) -> list[str]:
     return [f"{base}/USD" for base in bench_symbols(n)]
 
 
-@dataclass(frozen=True)
-class CryptoFeed:
-    frames: list[str | bytes]
-    messages: int
-    counts: dict[str, int]
-
-
-def generate_crypto_feed(
-    pairs: Sequence[str], n_messages: int, *, batch: int = BATCH, seed: int = 0, start_ns: int
-) -> CryptoFeed:
-    """A pre-encoded msgpack crypto feed: one 20-level snapshot per pair, then ``n_messages`` trades and order
-    book deltas (1 to 3 levels: half new sizes of held levels, a quarter removals, a quarter new levels, so
-    the books keep about their depth) in frames of ``batch``. Each pair's book stays
-    sound (bids below its mid, asks above) and its trades stay near the mid: nothing is rejected."""
-    import msgspec
-
-    # Encoded here rather than with the simulator's encode(), which reads any integer under "r" (a
-    # trade's receive time on stocks) as a timestamp, the order book's reset flag included.
-    from exporter.sim.alpaca_codec import msgpack_timestamp
-
-    rng = random.Random(seed)
-    mids = {pair: round(10.0 + rng.random() * 50_000.0, 2) for pair in pairs}
-    held: dict[tuple[str, str], list[float]] = {(pair, side): [] for pair in pairs for side in ("b", "a")}
-
-    def level(pair: str, side: str) -> dict[str, float]:
-        mid = mids[pair]
-        offset = mid * (0.0001 + rng.random() * 0.01)
-        price = round(mid - offset if side == "b" else mid + offset, 2)
-        held[pair, side].append(price)
-        return {"p": price, "s": round(rng.random() * 5.0, 6)}
-
-    items: list[dict[str, Any]] = []
-    counts = {"t": 0, "o": 0}
-    for pair in pairs:
-        book = {side: [level(pair, side) for _ in range(20)] for side in ("b", "a")}
-        items.append({"T": "o", "S": pair, "t": msgpack_timestamp(start_ns), **book, "r": True})
-        counts["o"] += 1
-    ids = dict.fromkeys(pairs, 0)
-    for k in range(n_messages):
-        pair = pairs[rng.randrange(len(pairs))]
-        t = msgpack_timestamp(start_ns + (k + 1) * 1000 + rng.randrange(1000))
-        if rng.random() < CRYPTO_TRADE_SHARE:
-            ids[pair] += 1
-            price = round(mids[pair] * (1.0 + rng.uniform(-0.001, 0.001)), 2)
-            size = round(rng.random() * 2.0, 8)
-            tks = "B" if rng.random() < 0.5 else "S"
-            items.append({"T": "t", "S": pair, "p": price, "s": size, "t": t, "i": ids[pair], "tks": tks})
-            counts["t"] += 1
-        else:
-            delta: dict[str, list[dict[str, float]]] = {"b": [], "a": []}
-            for _ in range(1 + rng.randrange(3)):
-                side = "b" if rng.random() < 0.5 else "a"
-                known = held[pair, side]
-                roll = rng.random()
-                if known and roll < 0.5:  # a level's new size
-                    delta[side].append({"p": rng.choice(known), "s": round(rng.random() * 5.0, 6)})
-                elif known and roll < 0.75:  # a level removed
-                    delta[side].append({"p": known.pop(rng.randrange(len(known))), "s": 0.0})
-                else:  # a new level
-                    delta[side].append(level(pair, side))
-            items.append({"T": "o", "S": pair, "t": t, **delta, "r": False})
-            counts["o"] += 1
-    encode = msgspec.msgpack.Encoder().encode
-    frames: list[str | bytes] = [encode(items[i : i + batch]) for i in range(0, len(items), batch)]
-    return CryptoFeed(frames, len(items), counts)
-
-
 # ==================================================================================================
 # Worker side: one contender in a fresh interpreter. Talks to the driver in JSON lines on stdout.
 
@@ -623,7 +556,17 @@ class Driver:
     async def _crypto_runs(self, runs: list[Run]) -> None:
         plan = self.plan
         pairs = crypto_pairs(CRYPTO_PAIRS)
-        feed = generate_crypto_feed(pairs, plan.crypto_messages, seed=17, start_ns=self.feed_start_ns)
+        from exporter.sim.alpaca_server import generate_feed
+
+        feed = generate_feed(
+            pairs,
+            plan.crypto_messages,
+            batch=BATCH,
+            encoding="msgpack",
+            trade_ratio=CRYPTO_TRADE_SHARE,
+            seed=17,
+            start_ns=self.feed_start_ns,
+        )
         for rep in range(plan.repetitions):
             names = CRYPTO_CONTENDERS
             for contender in names[rep % len(names) :] + names[: rep % len(names)]:
@@ -634,8 +577,8 @@ class Driver:
                     spec = self._spec(
                         "exporter", pairs, feed.messages, encoding="msgpack", channels="trades,orderbooks", **common
                     )
-                result, _ = await self._consume(spec, feed.frames)
-                result["feed_counts"] = feed.counts
+                result, _ = await self._consume(spec, feed)
+                result["feed_counts"] = dict(feed.counts)
                 runs.append(Run(contender, rep, result))
                 self.log(
                     f"rep {rep + 1}/{plan.repetitions} {contender:28s} "

@@ -78,18 +78,19 @@ def test_crypto_feed_is_all_accepted_by_the_core() -> None:
     from exporter.core.clock import FakeClock
     from exporter.core.events import PrimaryAuthenticated, PrimaryConnection, PrimaryData, PrimarySubscribed
     from exporter.core.router import Core, CoreConfig
+    from exporter.sim.alpaca_server import generate_feed
     from exporter.sources.alpaca.codec import frame_decoder
-    from exporter_tools.bench import crypto_pairs, generate_crypto_feed
+    from exporter_tools.bench import CRYPTO_TRADE_SHARE, crypto_pairs
 
     clock = FakeClock()
     pairs = crypto_pairs(20)
-    feed = generate_crypto_feed(pairs, 5_000, seed=3, start_ns=clock.wall_ns())
-    assert feed.counts["o"] + feed.counts["t"] == feed.messages == 5_000 + len(pairs)
+    feed = generate_feed(pairs, 5_000, trade_ratio=CRYPTO_TRADE_SHARE, seed=3, start_ns=clock.wall_ns())
+    assert feed.counts["o"] + feed.counts["t"] == feed.messages == 5_000
     core = Core(CoreConfig(symbols=tuple(pairs), stale_after_s=0), clock)
     for event in (PrimaryConnection("Connected"), PrimaryAuthenticated(True), PrimarySubscribed(frozenset(pairs))):
         core.handle(event)
     decode = frame_decoder("crypto", "msgpack")
-    for frame in feed.frames:
+    for frame in feed:
         core.handle(PrimaryData(decode(frame).messages, clock.monotonic()))
     assert core.accounting()["alpaca"]["routed"] == feed.messages
     counts = core.message_counts()
