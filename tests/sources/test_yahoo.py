@@ -625,6 +625,18 @@ async def test_alpaca_symbols_are_asked_in_yahoos_spelling_and_emitted_in_alpaca
     assert set(h.errors()) == {None}
 
 
+async def test_the_simulators_crypto_quote_is_fresh_at_3am_on_a_sunday() -> None:
+    # No frozen quote: the simulator's own 24/7 crypto session keeps regularMarketTime moving at night.
+    wall = shifted_wall(T_SUNDAY_NIGHT)
+    async with YahooSimulator(Market(["BTC/USD"], seed=5), clock=wall) as sim:
+        h = Harness(sim, ["BTC/USD"], yahoo_symbols={"BTC/USD": "BTC-USD"}, family="crypto", wall_clock=wall)
+        async with h.running():
+            await h.until(lambda: len(h.prices()) >= 1)
+        assert {r.symbol for r in sim.requests} == {"BTC-USD"}
+    assert h.errors()[0] is None
+    assert abs(h.prices()[0].ts_ns / 1e9 - wall()) < 60
+
+
 async def test_unmapped_symbols_are_asked_as_they_are(feed_sim: YahooSimulator) -> None:
     h = Harness(feed_sim, ["AAPL", OCC], yahoo_symbols={"MSFT": "MSFT.MX"})
     async with h.running():

@@ -25,6 +25,7 @@ from exporter.core.messages import (
     Unknown,
 )
 from exporter.core.router import Core, CoreConfig
+from exporter.settings import Settings
 from exporter.sim.alpaca_codec import encode
 from exporter.sources.alpaca.codec import (
     BadControl,
@@ -179,37 +180,8 @@ setting_text = st.one_of(
     st.just(SECRETISH),
     st.text(max_size=10).map(lambda t: SECRETISH + t),
 )
-SETTING_FIELDS = (
-    "symbols",
-    "alpaca_feed",
-    "alpaca_url",
-    "alpaca_encoding",
-    "alpaca_channels",
-    "yahoo_url",
-    "yahoo_enabled",
-    "yahoo_interval_seconds",
-    "yahoo_standby_interval_seconds",
-    "stale_after_seconds",
-    "market_hours",
-    "alpaca_backoff_max_seconds",
-    "alpaca_connection_limit_backoff_seconds",
-    "failback_after_seconds",
-    "max_message_age_seconds",
-    "max_clock_skew_seconds",
-    "circuit_breaker_percent",
-    "circuit_breaker_cooldown_seconds",
-    "max_symbol_series",
-    "host",
-    "port",
-    "log_level",
-    "log_format",
-    "alpaca_ping_interval_seconds",
-    "alpaca_ping_timeout_seconds",
-    "alpaca_handshake_timeout_seconds",
-    "alpaca_fatal_retry_seconds",
-    "max_queue_frames",
-    "web_config_file",
-)
+# Every variable but the credentials (the fuzz values go through them in tests of their own).
+SETTING_FIELDS = tuple(field for field in Settings.model_fields if not field.startswith("apca_"))
 settings_values = st.dictionaries(st.sampled_from(SETTING_FIELDS), setting_text, min_size=1, max_size=6)
 
 
