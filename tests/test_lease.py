@@ -157,3 +157,36 @@ async def test_a_whole_second_acquire_time_is_written_back_in_a_form_the_server_
             await until(lambda: a.leading)
             assert a.elector.errors["http_400"] == 0
         assert api.lease(NS, NAME)["spec"]["acquireTime"] == "2026-12-06T23:00:00.000001Z"  # type: ignore[index]
+
+
+async def test_an_answer_that_is_not_a_kubernetes_object_is_a_failed_attempt(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    async def proxy_error(request: web.Request) -> web.Response:
+        return web.Response(status=502, text="<html>Bad Gateway</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", proxy_error)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        config = LeaseConfig(f"http://127.0.0.1:{port}", NS, NAME, "a", LEASE, DEADLINE, RETRY, tmp_path / "none")
+        calls: list[str] = []
+
+        async def standby(reason: str) -> None:
+            calls.append(reason)
+
+        elector = LeaseElector(config, LoopTimers(), lambda: calls.append("lead"), standby)
+        task = asyncio.create_task(elector.run())
+        await until(lambda: elector.errors["http_502"] >= 2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await elector.aclose()
+        assert calls == []
+        assert not elector.election.is_leader
+    finally:
+        await runner.cleanup()
