@@ -47,15 +47,24 @@ class FeedSpec:
     session: Session
     symbol_pattern: re.Pattern[str]
     symbol_example: str
+    # The default of EXPORTER_MAX_MESSAGE_AGE_SECONDS: 60 s, or 960 s where trades come 15 minutes late
+    # (delayed_sip; indicative options, whose trades are delayed and quotes modified, per Alpaca's docs).
+    max_message_age_s: float = 60.0
 
     def accepts_symbol(self, symbol: str) -> bool:
         return bool(self.symbol_pattern.match(symbol))
 
 
 def _stocks(
-    name: Feed, path: str, session: Session = "regular", channels: tuple[str, ...] = STOCK_CHANNELS
+    name: Feed,
+    path: str,
+    session: Session = "regular",
+    channels: tuple[str, ...] = STOCK_CHANNELS,
+    max_message_age_s: float = 60.0,
 ) -> FeedSpec:
-    return FeedSpec(name, "stocks", path, channels, ("msgpack", "json"), session, _STOCK_SYMBOL, "AAPL")
+    return FeedSpec(
+        name, "stocks", path, channels, ("msgpack", "json"), session, _STOCK_SYMBOL, "AAPL", max_message_age_s
+    )
 
 
 FEEDS: Final[dict[str, FeedSpec]] = {
@@ -63,7 +72,7 @@ FEEDS: Final[dict[str, FeedSpec]] = {
     for spec in (
         _stocks("iex", "/v2/iex"),
         _stocks("sip", "/v2/sip"),
-        _stocks("delayed_sip", "/v2/delayed_sip"),
+        _stocks("delayed_sip", "/v2/delayed_sip", max_message_age_s=960.0),
         _stocks("boats", "/v1beta1/boats", "overnight"),
         _stocks("overnight", "/v1beta1/overnight", "overnight"),
         # The test stream runs 24/7 and carries trades, quotes and bars of FAKEPACA only.
@@ -87,6 +96,7 @@ FEEDS: Final[dict[str, FeedSpec]] = {
             "regular",
             _OCC_SYMBOL,
             "AAPL250117C00150000",
+            max_message_age_s=960.0,
         ),
         FeedSpec(
             "opra",

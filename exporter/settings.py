@@ -345,7 +345,7 @@ class Settings(BaseSettings):
     def message_max_age_seconds(self) -> float:
         if self.max_message_age_seconds is not None:
             return self.max_message_age_seconds
-        return 960.0 if self.alpaca_feed == "delayed_sip" else 60.0
+        return FEEDS[self.alpaca_feed].max_message_age_s
 
     @property
     def yahoo_symbol_map(self) -> dict[str, str]:

@@ -449,20 +449,22 @@ def test_model_level_problems_are_one_line_each() -> None:
 
 
 @pytest.mark.parametrize(
-    ("feed", "url", "mode"),
+    ("feed", "url", "mode", "max_age"),
     [
-        ("crypto", "wss://stream.data.alpaca.markets/v1beta3/crypto/us", "always"),
-        ("indicative", "wss://stream.data.alpaca.markets/v1beta1/indicative", "regular"),
-        ("opra", "wss://stream.data.alpaca.markets/v1beta1/opra", "regular"),
+        ("crypto", "wss://stream.data.alpaca.markets/v1beta3/crypto/us", "always", 60.0),
+        # Indicative trades come 15 minutes late: not stale_timestamp rejections.
+        ("indicative", "wss://stream.data.alpaca.markets/v1beta1/indicative", "regular", 960.0),
+        ("opra", "wss://stream.data.alpaca.markets/v1beta1/opra", "regular", 60.0),
     ],
 )
-def test_crypto_and_options_derive_url_and_calendar(
-    monkeypatch: pytest.MonkeyPatch, feed: str, url: str, mode: str
+def test_crypto_and_options_derive_url_calendar_and_age(
+    monkeypatch: pytest.MonkeyPatch, feed: str, url: str, mode: str, max_age: float
 ) -> None:
     """CONTRACT section 12: with EXPORTER_MARKET_HOURS=auto crypto is always open, options keep the equity session."""
     setenv(monkeypatch, feed_env(feed))
     s = load_settings(for_run=True, env_file=None)
-    assert (s.stream_url, s.market_hours, s.market_hours_mode, s.message_max_age_seconds) == (url, "auto", mode, 60.0)
+    derived = (s.stream_url, s.market_hours, s.market_hours_mode, s.message_max_age_seconds)
+    assert derived == (url, "auto", mode, max_age)
     for explicit in ("always", "never"):  # an explicit calendar wins over the feed's
         monkeypatch.setenv("EXPORTER_MARKET_HOURS", explicit)
         assert load_settings(for_run=True, env_file=None).market_hours_mode == explicit
