@@ -63,7 +63,7 @@ def core_config(settings: Settings) -> CoreConfig:
         symbols=tuple(settings.symbols),
         stale_after_s=settings.stale_after_seconds,
         market_hours=settings.market_hours_mode,
-        market_delay_s=900.0 if settings.alpaca_feed == "delayed_sip" else 0.0,
+        market_delay_s=FEEDS[settings.alpaca_feed].delay_s,
         failback_after_s=settings.failback_after_seconds,
         max_message_age_s=settings.message_max_age_seconds,
         max_clock_skew_s=settings.max_clock_skew_seconds,

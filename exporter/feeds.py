@@ -47,9 +47,10 @@ class FeedSpec:
     session: Session
     symbol_pattern: re.Pattern[str]
     symbol_example: str
-    # The default of EXPORTER_MAX_MESSAGE_AGE_SECONDS: 60 s, or 960 s where trades come 15 minutes late
-    # (delayed_sip; indicative options, whose trades are delayed and quotes modified, per Alpaca's docs).
-    max_message_age_s: float = 60.0
+    # How late the feed's data is by design: 15 minutes for delayed_sip, and for indicative options, whose
+    # trades Alpaca delays by 15 minutes (and whose quotes it modifies). The session as the data sees it,
+    # the lag allowed and the default EXPORTER_MAX_MESSAGE_AGE_SECONDS (60 s + the delay) follow it.
+    delay_s: float = 0.0
 
     def accepts_symbol(self, symbol: str) -> bool:
         return bool(self.symbol_pattern.match(symbol))
@@ -60,11 +61,9 @@ def _stocks(
     path: str,
     session: Session = "regular",
     channels: tuple[str, ...] = STOCK_CHANNELS,
-    max_message_age_s: float = 60.0,
+    delay_s: float = 0.0,
 ) -> FeedSpec:
-    return FeedSpec(
-        name, "stocks", path, channels, ("msgpack", "json"), session, _STOCK_SYMBOL, "AAPL", max_message_age_s
-    )
+    return FeedSpec(name, "stocks", path, channels, ("msgpack", "json"), session, _STOCK_SYMBOL, "AAPL", delay_s)
 
 
 FEEDS: Final[dict[str, FeedSpec]] = {
@@ -72,7 +71,7 @@ FEEDS: Final[dict[str, FeedSpec]] = {
     for spec in (
         _stocks("iex", "/v2/iex"),
         _stocks("sip", "/v2/sip"),
-        _stocks("delayed_sip", "/v2/delayed_sip", max_message_age_s=960.0),
+        _stocks("delayed_sip", "/v2/delayed_sip", delay_s=900.0),
         _stocks("boats", "/v1beta1/boats", "overnight"),
         _stocks("overnight", "/v1beta1/overnight", "overnight"),
         # The test stream runs 24/7 and carries trades, quotes and bars of FAKEPACA only.
@@ -96,7 +95,7 @@ FEEDS: Final[dict[str, FeedSpec]] = {
             "regular",
             _OCC_SYMBOL,
             "AAPL250117C00150000",
-            max_message_age_s=960.0,
+            delay_s=900.0,
         ),
         FeedSpec(
             "opra",

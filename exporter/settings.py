@@ -345,7 +345,7 @@ class Settings(BaseSettings):
     def message_max_age_seconds(self) -> float:
         if self.max_message_age_seconds is not None:
             return self.max_message_age_seconds
-        return FEEDS[self.alpaca_feed].max_message_age_s
+        return 60.0 + FEEDS[self.alpaca_feed].delay_s
 
     @property
     def yahoo_symbol_map(self) -> dict[str, str]:

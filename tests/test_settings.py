@@ -723,3 +723,17 @@ def test_url_problems_never_repeat_the_value() -> None:
     assert "hunter2" not in problems[0]
     assert "99999" not in problems[0]
     assert "port must be a number from 1 to 65535" in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("feed", "delay"), [("iex", 0.0), ("delayed_sip", 900.0), ("indicative", 900.0), ("opra", 0.0)]
+)
+def test_the_core_sees_the_session_and_lag_as_the_feeds_data_does(
+    monkeypatch: pytest.MonkeyPatch, feed: str, delay: float
+) -> None:
+    from exporter.app import core_config
+
+    setenv(
+        monkeypatch, feed_env(feed) if feed in ("indicative", "opra") else {**REQUIRED, "EXPORTER_ALPACA_FEED": feed}
+    )
+    assert core_config(load_settings(for_run=True, env_file=None)).market_delay_s == delay
