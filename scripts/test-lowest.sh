@@ -18,7 +18,7 @@ if [ ! -f "$stamp" ]; then
   "${uv[@]}" --constraint "$venv/lowest.txt" -e '.[test]'
   touch "$stamp"
 fi
-echo "lowest runtime versions: $(grep -iE '^(prometheus.client|websockets|httpx|pydantic|pydantic.settings|msgspec|httptools|uvicorn|aiohttp|pyyaml|bcrypt|tzdata)==' "$venv/lowest.txt" | tr '\n' ' ')"
+echo "lowest runtime versions: $(grep -iE '^(prometheus.client|websockets|httpx|pydantic|pydantic.settings|msgspec|httptools|uvicorn|aiohttp|pyyaml|bcrypt|lightkube|tzdata)==' "$venv/lowest.txt" | tr '\n' ' ')"
 # Not here: end-to-end and ops tests (they exercise Prometheus' tools and the image, not the library
 # versions), and the tests of the tools and of the SDKs' fidelity (their extras are not in the lowest install).
 exec "$venv/bin/python" -m pytest -q -p no:cacheprovider tests \
