@@ -11,8 +11,8 @@ bounded by what is left of its renew deadline, so a hung API server cannot keep 
 wait between attempts is cut short at the deadline, so the step-down happens on time, not at the next
 retry.
 
-The bearer token is read from ``EXPORTER_KUBERNETES_TOKEN_FILE`` when it exists and re-read when the
-server answers 401 (the kubelet rotates it, as client-go does); it never appears in logs or /status.
+The bearer token is read from ``EXPORTER_KUBERNETES_TOKEN_FILE`` when it exists, and read again when the
+file changes (the kubelet rotates it) or the server answers 401; it never appears in logs or /status.
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class LeaseElector:
         self._on_leading = on_leading
         self._on_standby = on_standby
         self._client: AsyncClient | None = None
+        self._token_stamp: tuple[int, int] | None = None  # the token file's (mtime, size) when read
         self._lease: Lease | None = None  # the last version read or written: what a PUT replaces
         self._failing: str | None = None  # the current API error episode, logged once
         self.errors: Counter[str] = Counter()
@@ -89,6 +90,9 @@ class LeaseElector:
 
     async def _attempt(self) -> None:
         election, timers = self.election, self._timers
+        if _file_stamp(self.config.token_file) != self._token_stamp:
+            await self.aclose()  # the token file changed (rotated, created, removed): build a client anew
+        self.client()
         sent_at = timers.monotonic()
         was_leader = election.is_leader
         try:
@@ -143,8 +147,9 @@ class LeaseElector:
             )
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     # ---- API calls ----------------------------------------------------------------------------------
     def client(self) -> AsyncClient:
@@ -157,7 +162,10 @@ class LeaseElector:
             ca = config.ca_file if config.ca_file is not None and config.ca_file.is_file() else None
             cluster = Cluster(server=config.api_url, certificate_auth=str(ca) if ca is not None else None)
             # No token file (outside a pod, or automountServiceAccountToken off): no Authorization header.
-            user = User(token_file=str(config.token_file)) if config.token_file.is_file() else User()
+            # lightkube reads the file at the first request and again on a 401; _attempt also rebuilds the
+            # client when the file changes, so a rotated token is used at once.
+            self._token_stamp = _file_stamp(config.token_file)
+            user = User(token_file=str(config.token_file)) if self._token_stamp is not None else User()
             kubeconfig = KubeConfig.from_one(cluster=cluster, user=user, namespace=config.namespace)
             self._client = AsyncClient(kubeconfig, namespace=config.namespace, field_manager="alpaca-exporter")
         return self._client
@@ -245,6 +253,14 @@ def _micro_time(moment: datetime) -> datetime:
     of a whole second (``...:05Z``), and the server's MicroTime wants exactly six digits (400 otherwise):
     one microsecond later says the same thing in a form it accepts."""
     return moment.replace(microsecond=1) if moment.microsecond == 0 else moment
+
+
+def _file_stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _version(lease: Lease) -> str:

@@ -104,6 +104,19 @@ async def test_the_bearer_token_is_sent_from_the_file_and_none_without_one(tmp_p
             assert "s3cr3t-token" not in str(a.elector.status())
 
 
+async def test_a_rotated_token_file_is_read_again_at_once(tmp_path: Path) -> None:
+    # The API still accepts the old token: only a re-read on change, not one on a 401, picks up the new.
+    async with LeaseSimulator(tokens={"old": "old-user", "new": "new-user"}, anonymous_auth=False) as api:
+        (tmp_path / "token-a").write_text("old")
+        async with replicas(api, tmp_path, "a") as (a,):
+            await until(lambda: a.leading)
+            (tmp_path / "token-a").write_text("new-token-is-longer")
+            api.tokens = {"old": "old-user", "new-token-is-longer": "new-user"}
+            await until(lambda: api.stats.log[-1].user == "new-user", within=3 * RETRY + 1)
+            assert a.leading
+            assert a.calls == ["lead"]
+
+
 async def test_a_rotated_token_is_read_again_after_a_401(tmp_path: Path) -> None:
     async with LeaseSimulator(tokens={"old": "sa"}, anonymous_auth=False) as api:
         (tmp_path / "token-a").write_text("old")
