@@ -13,8 +13,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from exporter_tools.takeover import DEADLINE, LEASE, LEASE_NAME, NAMESPACE, RETRY, ZOMBIE, ha_pair, other
+from tests.support import REPO
+from tests.support.prometheus import running_prometheus
+from tests.support.promql import RULE_FILES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -111,3 +115,32 @@ async def test_with_the_api_down_for_both_the_leader_streams_only_until_its_dead
         await pair.api.refuse(False)
         assert await pair.leader(within=LEASE + 3) in ("a", "b")
         assert pair.timeline.most == 1
+
+
+async def test_a_prometheus_scraping_the_pair_sees_one_leader_and_no_symptom_of_the_standby(tmp_path: Path) -> None:
+    """The pair scraped by a real Prometheus with the rules loaded: every alert expression, evaluated
+    live without its `for`, names no standby, although the standby really is disconnected and on the
+    fallback (the ungated expression finds it)."""
+    alerts = [r for g in yaml.safe_load((REPO / "config/alerts.yml").read_text())["groups"] for r in g["rules"]]
+    async with ha_pair(tmp_path) as pair:
+        leader = await pair.leader()
+        standby = f"127.0.0.1:{pair.ports[other(leader)]}"
+        targets = [f"127.0.0.1:{port}" for port in pair.ports.values()]
+        with running_prometheus(targets, tmp_path / "prom", rule_files=RULE_FILES) as prom:
+            query = prom.query
+
+            async def value(expr: str) -> list[dict[str, object]]:
+                return await asyncio.to_thread(query, expr)  # the simulators run on this loop
+
+            async with asyncio.timeout(30):
+                while not await value('datasource_router_state{state="FALLBACK_ACTIVE"} == 1'):
+                    await asyncio.sleep(0.5)
+            assert [s["metric"]["instance"] for s in await value("alpaca_exporter_leader == 0")] == [standby]
+            assert float((await value("sum(alpaca_exporter_leader)"))[0]["value"][1]) == 1.0
+            ungated = await value('alpaca_connection_status{state="Connected"} == 0')
+            assert standby in {s["metric"]["instance"] for s in ungated}
+            for rule in alerts:
+                fired = await value(rule["expr"])
+                assert standby not in {s["metric"].get("instance") for s in fired}, rule["alert"]
+                if rule["alert"] in ("AlpacaExporterNoLeader", "AlpacaExporterSplitBrain"):
+                    assert fired == [], rule["alert"]
