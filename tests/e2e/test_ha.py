@@ -133,7 +133,11 @@ async def test_a_prometheus_scraping_the_pair_sees_one_leader_and_no_symptom_of_
                 return await asyncio.to_thread(query, expr)  # the simulators run on this loop
 
             async with asyncio.timeout(30):
-                while not await value('datasource_router_state{state="FALLBACK_ACTIVE"} == 1'):
+                # Both targets scraped, and the standby on its fallback.
+                while not (
+                    await value("count(alpaca_exporter_leader) == 2")
+                    and await value('datasource_router_state{state="FALLBACK_ACTIVE"} == 1')
+                ):
                     await asyncio.sleep(0.5)
             assert [s["metric"]["instance"] for s in await value("alpaca_exporter_leader == 0")] == [standby]
             assert float((await value("sum(alpaca_exporter_leader)"))[0]["value"][1]) == 1.0
