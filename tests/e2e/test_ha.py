@@ -148,3 +148,11 @@ async def test_a_prometheus_scraping_the_pair_sees_one_leader_and_no_symptom_of_
                 assert standby not in {s["metric"].get("instance") for s in fired}, rule["alert"]
                 if rule["alert"] in ("AlpacaExporterNoLeader", "AlpacaExporterSplitBrain"):
                     assert fired == [], rule["alert"]
+
+
+async def test_the_takeover_tool_measures_a_round() -> None:
+    from exporter_tools.takeover import takeover
+
+    taken, most, refused = await takeover("graceful")
+    assert 0 < taken < RETRY * 2.2 + 1.0
+    assert (most, refused) == (1, 0)
