@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -41,6 +41,39 @@ async def stop(
     sim.set_rate(200)  # alpaca-py notices the stop only after its next recv (or a 5 s poll)
     async with asyncio.timeout(6):
         await task
+
+
+class Collected:
+    """Stream handlers that gather what they receive; ``enough`` is set once each has its share."""
+
+    def __init__(self, **wanted: int) -> None:
+        self.wanted = wanted
+        self.got: dict[str, list[Any]] = {name: [] for name in wanted}
+        self.enough = asyncio.Event()
+
+    def handler(self, name: str) -> Callable[[Any], Awaitable[None]]:
+        async def on_item(item: Any) -> None:
+            self.got[name].append(item)
+            if all(len(self.got[n]) >= k for n, k in self.wanted.items()):
+                self.enough.set()
+
+        return on_item
+
+
+async def stream_generated(
+    sim: AlpacaSimulator, stream: CryptoDataStream | OptionDataStream, collected: Collected, channel: str
+) -> None:
+    """Run ``stream`` on the simulator's generated data until ``collected`` has enough, then stop it."""
+    task = asyncio.create_task(stream._run_forever())
+    try:
+        async with asyncio.timeout(5):
+            await sim.wait_until(lambda: bool(sim.stats.subscriptions.get(channel)))
+        sim.set_rate(2000)
+        async with asyncio.timeout(5):
+            await collected.enough.wait()
+        sim.set_rate(0)
+    finally:
+        await stop(stream, task, sim)
 
 
 @pytest.mark.parametrize("raw_data", [False, True])
@@ -238,32 +271,12 @@ async def test_crypto_sdk_receives_exact_trades_quotes_and_orderbooks(feeds_sim:
 async def test_crypto_sdk_streams_generated_data(feeds_sim: AlpacaSimulator) -> None:
     sim = feeds_sim
     stream = CryptoDataStream(KEY, SECRET, url_override=sim.url("/v1beta3/crypto/us"))
-    trades: list[Trade] = []
-    books: list[Orderbook] = []
-    enough = asyncio.Event()
-
-    async def on_trade(trade: Trade) -> None:
-        trades.append(trade)
-        if len(trades) >= 100 and len(books) >= 30:
-            enough.set()
-
-    async def on_book(book: Orderbook) -> None:
-        books.append(book)
-        if len(trades) >= 100 and len(books) >= 30:
-            enough.set()
-
-    stream.subscribe_trades(on_trade, *CRYPTO)
-    stream.subscribe_orderbooks(on_book, "ETH/USD")
-    task = asyncio.create_task(stream._run_forever())
-    try:
-        async with asyncio.timeout(5):
-            await sim.wait_until(lambda: bool(sim.stats.subscriptions.get("orderbooks")))
-        sim.set_rate(2000)
-        async with asyncio.timeout(5):
-            await enough.wait()
-        sim.set_rate(0)
-    finally:
-        await stop(stream, task, sim)
+    collected = Collected(trades=100, books=30)
+    stream.subscribe_trades(collected.handler("trades"), *CRYPTO)
+    stream.subscribe_orderbooks(collected.handler("books"), "ETH/USD")
+    await stream_generated(sim, stream, collected, "orderbooks")
+    trades: list[Trade] = collected.got["trades"]
+    books: list[Orderbook] = collected.got["books"]
     assert {t.symbol for t in trades} == set(CRYPTO)
     for trade in trades:
         assert trade.price == pytest.approx(sim.market.price(trade.symbol), rel=0.05)
@@ -348,32 +361,12 @@ async def test_option_sdk_receives_exact_trades_and_quotes(feeds_sim: AlpacaSimu
 async def test_option_sdk_streams_generated_data(feeds_sim: AlpacaSimulator) -> None:
     sim = feeds_sim
     stream = OptionDataStream(KEY, SECRET, url_override=sim.url("/v1beta1/opra"))
-    trades: list[Trade] = []
-    quotes: list[Quote] = []
-    enough = asyncio.Event()
-
-    async def on_trade(trade: Trade) -> None:
-        trades.append(trade)
-        if len(trades) >= 50 and len(quotes) >= 50:
-            enough.set()
-
-    async def on_quote(quote: Quote) -> None:
-        quotes.append(quote)
-        if len(trades) >= 50 and len(quotes) >= 50:
-            enough.set()
-
-    stream.subscribe_trades(on_trade, *OPTIONS)
-    stream.subscribe_quotes(on_quote, *OPTIONS)
-    task = asyncio.create_task(stream._run_forever())
-    try:
-        async with asyncio.timeout(5):
-            await sim.wait_until(lambda: bool(sim.stats.subscriptions.get("quotes")))
-        sim.set_rate(2000)
-        async with asyncio.timeout(5):
-            await enough.wait()
-        sim.set_rate(0)
-    finally:
-        await stop(stream, task, sim)
+    collected = Collected(trades=50, quotes=50)
+    stream.subscribe_trades(collected.handler("trades"), *OPTIONS)
+    stream.subscribe_quotes(collected.handler("quotes"), *OPTIONS)
+    await stream_generated(sim, stream, collected, "quotes")
+    trades: list[Trade] = collected.got["trades"]
+    quotes: list[Quote] = collected.got["quotes"]
     assert {t.symbol for t in trades} == {q.symbol for q in quotes} == set(OPTIONS)
     for trade in trades:
         assert 0.1 < trade.price < 20
