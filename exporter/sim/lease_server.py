@@ -43,12 +43,12 @@ from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
-from types import TracebackType
 from typing import Any, Literal
 
 import yaml
 from aiohttp import web
 
+from exporter.sim.http_server import HttpSimulator
 from exporter.timers import LoopTimers
 
 __all__ = [
@@ -506,7 +506,7 @@ def _media_type(request: web.Request) -> str:
     return request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
 
 
-class LeaseSimulator:
+class LeaseSimulator(HttpSimulator):
     """Serve the ``coordination.k8s.io/v1`` Lease API on loopback.
 
     ``tokens`` maps bearer tokens to user names (``None``: no authentication, every request allowed).
@@ -531,14 +531,12 @@ class LeaseSimulator:
         seed: int = 0,
         max_log: int = 100_000,
     ) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port, ssl_context)
         self.tokens: dict[str, str] | None = None if tokens is None else dict(tokens)
         self.anonymous_auth = anonymous_auth
         self.verbs = frozenset(verbs)
         self.resource_names = None if resource_names is None else frozenset(resource_names)
         self.clock = clock
-        self.ssl_context = ssl_context
         self.stats = LeaseStats()
         self._max_log = max_log
         self._revision = first_resource_version
@@ -547,57 +545,18 @@ class LeaseSimulator:
         self._hanging: list[_Fault] = []  # one entry per hung request: heal() reaches spent faults too
         self._rng = random.Random(seed)
         self._changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (HttpSimulator)
 
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321`` (``https`` with an ``ssl_context``; after :meth:`start`)."""
-        if self._runner is None:
-            raise RuntimeError("LeaseSimulator is not started")
-        scheme = "http" if self.ssl_context is None else "https"
-        return f"{scheme}://{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_route("*", _PREFIX, self._handle_collection)
         app.router.add_route("*", _PREFIX + "/{name}", self._handle_item)
         app.router.add_get("/version", self._handle_version)
         app.router.add_get(f"/apis/{API_VERSION}", self._handle_discovery)
-        # Hung requests must not hold up shutdown; cancel handlers of dropped clients.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25, handler_cancellation=True)
-        await runner.setup()
-        self._runner = runner
-        await self._listen()
-
-    async def _listen(self) -> None:
-        assert self._runner is not None
-        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
-        await site.start()
-        for address in self._runner.addresses:
-            if isinstance(address, tuple):
-                self.port = int(address[1])
-                break
-        self._site = site
 
     async def stop(self) -> None:
-        self.clear_faults()
-        runner, self._runner, self._site = self._runner, None, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> LeaseSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
+        self.clear_faults()  # hung requests end now
+        await super().stop()
 
     # ------------------------------------------------------------------ faults
 

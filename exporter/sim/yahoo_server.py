@@ -42,7 +42,6 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from types import TracebackType
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -50,6 +49,7 @@ from aiohttp import web
 
 from exporter.core.market_hours import is_trading_day, nyse_early_closes
 from exporter.feeds import yahoo_symbol
+from exporter.sim.http_server import HttpSimulator
 from exporter.sim.market import Market, family_of
 from exporter.timers import LoopTimers
 
@@ -158,7 +158,7 @@ class _Bucket:
     tripped_until: float = 0.0
 
 
-class YahooSimulator:
+class YahooSimulator(HttpSimulator):
     """Serve Yahoo's v8 chart endpoint on loopback from a shared :class:`Market`.
 
     ``clock`` gives the wall time (Unix seconds) used for ``regularMarketTime``, the sessions and the
@@ -179,8 +179,7 @@ class YahooSimulator:
         max_log: int = 100_000,
     ) -> None:
         self.market = market
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.clock: Callable[[], float] = clock or market.now  # settable: tests move the day
         self._tz = ZoneInfo(timezone)
         self._tz_name = timezone
@@ -193,48 +192,13 @@ class YahooSimulator:
         self._price_override: dict[str, float | None] = {}
         self._spike: dict[str, float] = {}
         self._unknown: set[str] = set()
-        self._runner: web.AppRunner | None = None
         self._session_cache: dict[tuple[date, bool], _Session] = {}
         self._yahoo_names: dict[str, str] = {}  # Yahoo's spelling -> the market's symbol
 
-    # ------------------------------------------------------------------ lifecycle
+    # ------------------------------------------------------------------ lifecycle (HttpSimulator)
 
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321`` (valid after :meth:`start`)."""
-        if self._runner is None:
-            raise RuntimeError("YahooSimulator is not started")
-        return f"http://{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        if self._runner is not None:
-            return
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v8/finance/chart/{symbol}", self._handle_chart)
-        # Slow-answer faults must not hold up shutdown; cancel handlers of dropped clients.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        for address in runner.addresses:
-            if isinstance(address, tuple):
-                self.port = int(address[1])
-                break
-        self._runner = runner
-
-    async def stop(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
-
-    async def __aenter__(self) -> YahooSimulator:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     # ------------------------------------------------------------------ faults
 
