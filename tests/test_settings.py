@@ -311,12 +311,17 @@ def test_test_feed_streams_only_fakepaca(monkeypatch: pytest.MonkeyPatch) -> Non
         ("delayed_sip", "wss://stream.data.alpaca.markets/v2/delayed_sip", "regular", 960.0),
         ("boats", "wss://stream.data.alpaca.markets/v1beta1/boats", "overnight", 60.0),
         ("overnight", "wss://stream.data.alpaca.markets/v1beta1/overnight", "overnight", 60.0),
+        # CONTRACT section 12: crypto is always open, options keep the equity session; indicative trades
+        # come 15 minutes late (not stale_timestamp rejections).
+        ("crypto", "wss://stream.data.alpaca.markets/v1beta3/crypto/us", "always", 60.0),
+        ("indicative", "wss://stream.data.alpaca.markets/v1beta1/indicative", "regular", 960.0),
+        ("opra", "wss://stream.data.alpaca.markets/v1beta1/opra", "regular", 60.0),
     ],
 )
 def test_feed_derives_url_calendar_and_age(
     monkeypatch: pytest.MonkeyPatch, feed: str, url: str, mode: str, max_age: float
 ) -> None:
-    setenv(monkeypatch, {**REQUIRED, "EXPORTER_ALPACA_FEED": feed})
+    setenv(monkeypatch, feed_env(feed))
     s = load_settings(for_run=True, env_file=None)
     assert (s.stream_url, s.market_hours_mode, s.message_max_age_seconds) == (url, mode, max_age)
     monkeypatch.setenv("EXPORTER_MAX_MESSAGE_AGE_SECONDS", "30")
@@ -324,6 +329,8 @@ def test_feed_derives_url_calendar_and_age(
     monkeypatch.setenv("EXPORTER_ALPACA_URL", "wss://example.test/v2/x")
     s = load_settings(for_run=True, env_file=None)
     assert (s.stream_url, s.market_hours_mode, s.message_max_age_seconds) == ("wss://example.test/v2/x", "never", 30.0)
+    monkeypatch.setenv("EXPORTER_MARKET_HOURS", "always")  # an explicit calendar wins over the feed's
+    assert load_settings(for_run=True, env_file=None).market_hours_mode == "always"
 
 
 # ---- feeds beyond stocks (CONTRACT section 12) ---------------------------------------------------
@@ -446,28 +453,6 @@ def test_model_level_problems_are_one_line_each() -> None:
     assert len(problems) == 2, problems
     assert problems[0].startswith("EXPORTER_YAHOO_STANDBY_INTERVAL_SECONDS")
     assert problems[1] == "EXPORTER_YAHOO_SYMBOLS: entry 1 maps a symbol that is not in EXPORTER_SYMBOLS"
-
-
-@pytest.mark.parametrize(
-    ("feed", "url", "mode", "max_age"),
-    [
-        ("crypto", "wss://stream.data.alpaca.markets/v1beta3/crypto/us", "always", 60.0),
-        # Indicative trades come 15 minutes late: not stale_timestamp rejections.
-        ("indicative", "wss://stream.data.alpaca.markets/v1beta1/indicative", "regular", 960.0),
-        ("opra", "wss://stream.data.alpaca.markets/v1beta1/opra", "regular", 60.0),
-    ],
-)
-def test_crypto_and_options_derive_url_calendar_and_age(
-    monkeypatch: pytest.MonkeyPatch, feed: str, url: str, mode: str, max_age: float
-) -> None:
-    """CONTRACT section 12: with EXPORTER_MARKET_HOURS=auto crypto is always open, options keep the equity session."""
-    setenv(monkeypatch, feed_env(feed))
-    s = load_settings(for_run=True, env_file=None)
-    derived = (s.stream_url, s.market_hours, s.market_hours_mode, s.message_max_age_seconds)
-    assert derived == (url, "auto", mode, max_age)
-    for explicit in ("always", "never"):  # an explicit calendar wins over the feed's
-        monkeypatch.setenv("EXPORTER_MARKET_HOURS", explicit)
-        assert load_settings(for_run=True, env_file=None).market_hours_mode == explicit
 
 
 @pytest.mark.parametrize(
