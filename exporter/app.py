@@ -186,7 +186,7 @@ class Daemon:
         self.registry = registry or build_registry(
             self.core,
             self.queue.stats,
-            self._leader_stats,
+            self._leader_stats if self.elector is not None else None,  # None: always the leader
             feed_info=(settings.alpaca_feed, settings.alpaca_encoding),
         )
         self.alpaca = AlpacaClient(alpaca_config(settings), self.queue.put, timers=self.timers)
@@ -275,8 +275,7 @@ class Daemon:
             self.yahoo.set_active(self.leading and self.core.state is not State.PRIMARY_ACTIVE)
 
     def _leader_stats(self) -> tuple[float, float]:
-        if self.elector is None:
-            return 1.0, 0.0
+        assert self.elector is not None
         election = self.elector.election
         return (1.0 if election.is_leader else 0.0), float(election.transitions)
 
@@ -294,7 +293,8 @@ class Daemon:
 
     async def _stop_stream(self, reason: str = "shutdown") -> None:
         """Close the stream with a close frame, bounded so the step-down ends before the lease can expire
-        (then the connection is dropped: a zombie slot for ~90 s, but never two live connections)."""
+        (then the connection is dropped: a zombie slot for ~90 s, but never two live connections). The
+        elector logs the ``reason``."""
         stream, self._stream = self._stream, None
         margin = self.settings.leader_election_lease_seconds - self.settings.leader_election_renew_deadline_seconds
         with contextlib.suppress(Exception):
@@ -302,8 +302,7 @@ class Daemon:
                 await self.alpaca.stop()
         if stream is not None:
             stream.cancel()
-            with contextlib.suppress(BaseException):
-                await stream
+            await asyncio.wait([stream])  # its end, without taking a cancellation of ours for its own
         self._pace_fallback()
 
     async def _tick(self) -> None:

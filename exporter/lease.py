@@ -118,9 +118,9 @@ class LeaseElector:
             )
             self._on_leading()
         elif was_leader and not election.is_leader:
-            await self._step_down(f"lease taken by {election.holder}", already=True)
+            await self._step_down(f"lease taken by {election.holder}")
 
-    async def _step_down(self, reason: str, already: bool = False) -> None:
+    async def _step_down(self, reason: str) -> None:
         log.error(
             "stepping down: %s; closing the Alpaca stream",
             reason,
